@@ -1,0 +1,302 @@
+//! `gloss`: the native front door to the engine.
+//!
+//!   gloss run --model M (--prompt TEXT | --prompt-file F) [--raw] [--ids] [--max-tokens N] [sampling]
+//!   gloss chat --model M [--system TEXT] [sampling]
+//!   gloss perplexity --model M --file TEXT [--ctx N] [--chunks N]
+//!   gloss bench --model M [--prompt-tokens 128,1024] [--gen-tokens 256] [--out FILE]
+//!   gloss info --model M
+//!
+//! Sampling: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --repeat-penalty R
+//! --presence-penalty P --frequency-penalty F --seed S. Model options: --ctx N --batch N.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use gloss_engine::engine::now_ms;
+use gloss_engine::transformer::Logits;
+use gloss_engine::{Chat, Engine, Error, FileSource, Flow, GenerateOptions, Gpu, Options, Result, Sampling};
+
+const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+struct Args {
+    flags: HashMap<String, String>,
+}
+
+impl Args {
+    fn parse(args: &[String]) -> Result<Args> {
+        let mut flags = HashMap::new();
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].strip_prefix("--").ok_or_else(|| Error::Invalid(format!("unexpected argument `{}`", args[i])))?;
+            let is_switch = matches!(a, "raw" | "ids" | "quiet");
+            if is_switch {
+                flags.insert(a.to_string(), String::new());
+                i += 1;
+            } else {
+                let v = args.get(i + 1).ok_or_else(|| Error::Invalid(format!("--{a} needs a value")))?;
+                flags.insert(a.to_string(), v.clone());
+                i += 2;
+            }
+        }
+        Ok(Args { flags })
+    }
+    fn has(&self, k: &str) -> bool {
+        self.flags.contains_key(k)
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.flags.get(k).map(|s| s.as_str())
+    }
+    fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T> {
+        match self.get(k) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| Error::Invalid(format!("--{k}: `{v}` is not a valid number"))),
+        }
+    }
+    fn sampling(&self) -> Result<Sampling> {
+        let d = Sampling::default();
+        Ok(Sampling {
+            temperature: self.num("temperature", d.temperature)?,
+            top_k: self.num("top-k", d.top_k)?,
+            top_p: self.num("top-p", d.top_p)?,
+            min_p: self.num("min-p", d.min_p)?,
+            repeat_penalty: self.num("repeat-penalty", d.repeat_penalty)?,
+            presence_penalty: self.num("presence-penalty", d.presence_penalty)?,
+            frequency_penalty: self.num("frequency-penalty", d.frequency_penalty)?,
+            penalty_last_n: self.num("penalty-last-n", d.penalty_last_n)?,
+            seed: self.num("seed", d.seed)?,
+        })
+    }
+}
+
+async fn load(args: &Args) -> Result<Engine> {
+    let path = args.get("model").unwrap_or(DEFAULT_MODEL);
+    let gpu = Arc::new(Gpu::new().await?);
+    let mut src = FileSource::open(path)?;
+    let opts = Options { ctx: args.num("ctx", 4096)?, max_batch: args.num("batch", 256)? };
+    let t0 = now_ms();
+    let engine = Engine::load(gpu, &mut src, &opts).await?;
+    if !args.has("quiet") {
+        eprintln!(
+            "loaded {} ({}, {} layers, {:.1} MB weights, {}-token context) on {} [{}] in {:.0} ms",
+            engine.info.name,
+            engine.info.architecture,
+            engine.info.n_layer,
+            engine.info.weight_bytes as f64 / 1e6,
+            engine.info.context,
+            engine.info.adapter.name,
+            engine.info.adapter.backend,
+            now_ms() - t0
+        );
+    }
+    Ok(engine)
+}
+
+fn print_flush(s: &str) -> Flow {
+    print!("{s}");
+    let _ = std::io::stdout().flush();
+    Flow::Continue
+}
+
+async fn run(args: &Args) -> Result<()> {
+    let mut engine = load(args).await?;
+    let text = match (args.get("prompt"), args.get("prompt-file")) {
+        (Some(p), _) => p.to_string(),
+        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::Io(format!("{f}: {e}")))?,
+        (None, None) => return Err(Error::Invalid("give --prompt or --prompt-file".into())),
+    };
+    let prompt = if args.has("raw") {
+        // As llama.cpp tokenizes a raw prompt: BOS only if the model asks, specials parsed.
+        engine.tokenizer.encode(&text, true, true)?
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = args.get("system") {
+            msgs.push(gloss_engine::Message::new("system", s));
+        }
+        msgs.push(gloss_engine::Message::new("user", &text));
+        engine.template.tokenize(&engine.tokenizer, &msgs, true)?
+    };
+    let mut opts = GenerateOptions { max_tokens: args.num("max-tokens", 256)?, sampling: args.sampling()?, stop: Vec::new() };
+    if let Some(s) = args.get("stop") {
+        opts.stop.push(s.to_string());
+    }
+    if !args.has("raw") {
+        opts.stop.extend(engine.template.stop_strings());
+    }
+    let ids = args.has("ids");
+    let g = engine.generate(&prompt, &opts, |s| if ids { Flow::Continue } else { print_flush(s) }).await?;
+    if ids {
+        println!("{}", g.tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" "));
+    } else {
+        println!();
+    }
+    eprintln!(
+        "[{} prompt tokens, {} generated, stop: {:?}; prefill {:.0} ms, decode {:.1} tok/s]",
+        g.prompt_tokens,
+        g.tokens.len(),
+        g.stop_reason,
+        g.prefill_ms,
+        g.tokens.len().saturating_sub(1) as f64 / (g.decode_ms / 1000.0).max(1e-9)
+    );
+    Ok(())
+}
+
+async fn chat(args: &Args) -> Result<()> {
+    let mut engine = load(args).await?;
+    let mut chat = Chat::new(args.get("system"));
+    let opts = GenerateOptions { max_tokens: args.num("max-tokens", 512)?, sampling: args.sampling()?, stop: Vec::new() };
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("\n> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).map_err(|e| Error::Io(e.to_string()))? == 0 {
+            return Ok(());
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let g = chat.send(&mut engine, line, &opts, print_flush).await?;
+        eprintln!("\n[{} / {} context tokens used, {:?}]", engine.context_used(), engine.context_size(), g.stop_reason);
+    }
+}
+
+/// llama-perplexity's method: chunks of `ctx` tokens, each evaluated from scratch with its
+/// first token replaced by BOS (if the model adds one), scoring the second half of each.
+async fn perplexity(args: &Args) -> Result<()> {
+    let file = args.get("file").ok_or_else(|| Error::Invalid("give --file".into()))?;
+    let text = std::fs::read_to_string(file).map_err(|e| Error::Io(format!("{file}: {e}")))?;
+    let n_ctx: usize = args.num("ctx", 512)?;
+    let mut engine = load(args).await?;
+    let tokens = engine.tokenizer.encode(&text, true, true)?;
+    let n_chunk = (tokens.len() / n_ctx).min(args.num("chunks", usize::MAX)?);
+    if n_chunk == 0 || tokens.len() < 2 * n_ctx {
+        return Err(Error::Invalid(format!("need at least {} tokens for --ctx {n_ctx}, the file has {}", 2 * n_ctx, tokens.len())));
+    }
+    let first = n_ctx / 2;
+    let vocab = engine.model.cfg.vocab;
+    let (mut nll, mut count) = (0f64, 0usize);
+    for c in 0..n_chunk {
+        let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
+        if engine.tokenizer.add_bos {
+            if let Some(b) = engine.tokenizer.bos {
+                chunk[0] = b;
+            }
+        }
+        let logits = engine.score(&chunk).await?;
+        for j in first..n_ctx - 1 {
+            let row = &logits[j * vocab..(j + 1) * vocab];
+            nll -= log_softmax(row, chunk[j + 1] as usize);
+            count += 1;
+        }
+        eprint!("[{}]{:.4},", c + 1, (nll / count as f64).exp());
+    }
+    eprintln!();
+    println!("PPL = {:.4}", (nll / count as f64).exp());
+    Ok(())
+}
+
+fn log_softmax(row: &[f32], tok: usize) -> f64 {
+    let mx = row.iter().copied().fold(f32::MIN, f32::max);
+    let sum: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
+    (row[tok] - mx) as f64 - sum.ln()
+}
+
+/// Prefill and decode speed on this machine's GPU, with the physical floors beside them.
+async fn bench(args: &Args) -> Result<()> {
+    let mut engine = load(args).await?;
+    let gen: usize = args.num("gen-tokens", 256)?;
+    let prompt_lens: Vec<usize> = args
+        .get("prompt-tokens")
+        .unwrap_or("128,1024")
+        .split(',')
+        .map(|s| s.trim().parse().map_err(|_| Error::Invalid(format!("bad --prompt-tokens `{s}`"))))
+        .collect::<Result<_>>()?;
+    let vocab = engine.model.cfg.vocab as u32;
+    let mut rows = Vec::new();
+    for &n in &prompt_lens {
+        // Deterministic non-special token ids.
+        let prompt: Vec<u32> = (0..n as u32).map(|i| 1000 + (i * 7919) % (vocab - 1000)).collect();
+        engine.reset();
+        // Warm-up compiles pipelines outside the timed region.
+        engine.generate(&prompt[..8.min(n)], &GenerateOptions { max_tokens: 2, sampling: Sampling::greedy(), stop: vec![] }, |_| Flow::Continue).await?;
+        engine.reset();
+        let t0 = now_ms();
+        for (i, chunk) in prompt.chunks(engine.model.max_batch).enumerate() {
+            engine.model.forward(chunk, i * engine.model.max_batch, Logits::None).await?;
+        }
+        engine.model.gpu.read(&engine.model.logits, 0, 4).await?; // wait for the GPU
+        let prefill_ms = now_ms() - t0;
+        engine.reset();
+        let opts = GenerateOptions { max_tokens: gen, sampling: Sampling::greedy(), stop: vec![] };
+        // Never stop early: end-of-text is not checked in the timed decode loop below.
+        let mut pos = 0;
+        for chunk in prompt[..n - 1].chunks(engine.model.max_batch) {
+            engine.model.forward(chunk, pos, Logits::None).await?;
+            pos += chunk.len();
+        }
+        let mut next = prompt[n - 1];
+        let t1 = now_ms();
+        let mut ttft = 0.0;
+        for i in 0..opts.max_tokens.min(engine.model.ctx - n) {
+            next = engine.model.forward_and_sample(&[next], pos, None).await?;
+            pos += 1;
+            if i == 0 {
+                ttft = now_ms() - t1;
+            }
+        }
+        let decode_ms = now_ms() - t1;
+        rows.push(serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft));
+    }
+    let out = format!("[{}]", rows.join(","));
+    println!("{out}");
+    if let Some(f) = args.get("out") {
+        std::fs::write(f, &out).map_err(|e| Error::Io(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: f64, ttft: f64) -> String {
+    format!(
+        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{}}}",
+        e.info.name,
+        e.info.adapter.name,
+        n as f64 / (prefill_ms / 1000.0),
+        gen as f64 / (decode_ms / 1000.0),
+        ttft,
+        e.model.bytes_per_token,
+        e.model.dispatches_per_token(),
+        e.model.weight_bytes,
+        e.model.kv_bytes
+    )
+}
+
+async fn info(args: &Args) -> Result<()> {
+    let engine = load(args).await?;
+    println!("{:#?}", engine.info);
+    Ok(())
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = argv.first().cloned() else {
+        eprintln!("usage: gloss <run|chat|perplexity|bench|info> [--model PATH] ...  (see engine/cli/src/main.rs)");
+        std::process::exit(2);
+    };
+    let result = Args::parse(&argv[1..]).and_then(|args| {
+        pollster::block_on(async {
+            match cmd.as_str() {
+                "run" => run(&args).await,
+                "chat" => chat(&args).await,
+                "perplexity" => perplexity(&args).await,
+                "bench" => bench(&args).await,
+                "info" => info(&args).await,
+                other => Err(Error::Invalid(format!("unknown command `{other}`"))),
+            }
+        })
+    });
+    if let Err(e) = result {
+        eprintln!("error [{}]: {e}", e.code());
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,325 @@
+//! The engine's public API, shared by the CLI and the wasm front door: load a model, then
+//! generate with KV-cache reuse of the shared prompt prefix, stop strings, token limits,
+//! cancellation between tokens and UTF-8-safe streaming; chat sessions on top.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{ChatTemplate, Message, TemplateSource};
+use crate::error::{Error, Result};
+use crate::gguf::{ByteSource, Gguf};
+use crate::gpu::{AdapterSummary, Gpu};
+use crate::models::Config;
+use crate::sampling::{Pcg, Sampling};
+use crate::tokenizer::{Tokenizer, Utf8Stream};
+use crate::transformer::{Logits, Options, Transformer};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub architecture: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub context_train: usize,
+    pub weight_bytes: u64,
+    pub kv_cache_bytes: u64,
+    pub chat_template: TemplateSource,
+    pub adapter: AdapterSummary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 512, sampling: Sampling::default(), stop: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced an end-of-generation token.
+    EndOfText,
+    MaxTokens,
+    StopString,
+    Cancelled,
+    ContextFull,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub text: String,
+    /// Generated ids, the end-of-generation token excluded.
+    pub tokens: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the KV cache.
+    pub reused_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// What the streaming callback tells the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+pub struct Engine {
+    pub model: Transformer,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub info: ModelInfo,
+    /// Tokens whose keys and values are in the KV cache, in order.
+    cached: Vec<u32>,
+}
+
+/// Milliseconds since an arbitrary origin, on both targets.
+pub fn now_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+impl Engine {
+    pub async fn load(gpu: Arc<Gpu>, src: &mut impl ByteSource, opts: &Options) -> Result<Engine> {
+        let gguf = Gguf::read(src).await?;
+        let cfg = Config::from_gguf(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        if tokenizer.vocab_size() != cfg.vocab {
+            return Err(Error::Corrupt(format!(
+                "the vocabulary has {} tokens but the model's output has {}",
+                tokenizer.vocab_size(),
+                cfg.vocab
+            )));
+        }
+        let template = ChatTemplate::from_gguf(&gguf, &tokenizer);
+        let opts = Options { ctx: opts.ctx.min(cfg.ctx_train), ..*opts };
+        let model = Transformer::load(gpu.clone(), &gguf, src, cfg, &opts).await?;
+        let info = ModelInfo {
+            name: gguf.get_str("general.name").unwrap_or("unnamed").to_string(),
+            architecture: model.cfg.arch.clone(),
+            n_layer: model.cfg.n_layer,
+            n_embd: model.cfg.n_embd,
+            vocab: model.cfg.vocab,
+            context: model.ctx,
+            context_train: model.cfg.ctx_train,
+            weight_bytes: model.weight_bytes,
+            kv_cache_bytes: model.kv_bytes,
+            chat_template: template.source,
+            adapter: gpu.summary.clone(),
+        };
+        Ok(Engine { model, tokenizer, template, info, cached: Vec::new() })
+    }
+
+    pub fn context_used(&self) -> usize {
+        self.cached.len()
+    }
+
+    pub fn context_size(&self) -> usize {
+        self.model.ctx
+    }
+
+    /// Forgets the KV cache (the next prompt is processed from scratch).
+    pub fn reset(&mut self) {
+        self.cached.clear();
+    }
+
+    /// Runs `tokens` through the model, reusing the cached prefix they share with the last
+    /// call; leaves the last token unprocessed for the caller to sample from.
+    async fn prefill(&mut self, tokens: &[u32]) -> Result<usize> {
+        let mut reuse = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        reuse = reuse.min(tokens.len() - 1);
+        self.cached.truncate(reuse);
+        let body = &tokens[reuse..tokens.len() - 1];
+        for chunk in body.chunks(self.model.max_batch) {
+            self.model.forward(chunk, self.cached.len(), Logits::None).await?;
+            self.cached.extend_from_slice(chunk);
+        }
+        Ok(reuse)
+    }
+
+    /// Generates a continuation of `prompt` (token ids), calling `on_text` with each new
+    /// piece of text. Returning `Flow::Stop` cancels before the next token.
+    pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str) -> Flow,
+    ) -> Result<Generation> {
+        if prompt.is_empty() {
+            return Err(Error::Invalid("the prompt is empty".into()));
+        }
+        if prompt.len() >= self.model.ctx {
+            return Err(Error::ContextFull(format!(
+                "the prompt has {} tokens but the context window holds {}",
+                prompt.len(),
+                self.model.ctx
+            )));
+        }
+        let t0 = now_ms();
+        let reused = match self.prefill(prompt).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.cached.clear();
+                return Err(e);
+            }
+        };
+        let mut rng = Pcg::new(opts.sampling.seed);
+        let mut history: Vec<u32> = prompt.to_vec();
+        let mut next = *prompt.last().unwrap();
+        let mut out = Generation {
+            text: String::new(),
+            tokens: Vec::new(),
+            stop_reason: StopReason::MaxTokens,
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused,
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+        };
+        let mut utf8 = Utf8Stream::default();
+        let mut emitted = 0;
+        let mut t_first = None;
+        let stops: Vec<String> = opts.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
+        loop {
+            if out.tokens.len() >= opts.max_tokens {
+                break;
+            }
+            if self.cached.len() + 1 > self.model.ctx {
+                out.stop_reason = StopReason::ContextFull;
+                break;
+            }
+            let pos = self.cached.len();
+            // Invariant: the cache holds everything but `next`, the last token produced.
+            let step = [next];
+            let sampled = if opts.sampling.is_greedy() {
+                self.model.forward_and_sample(&step, pos, None).await
+            } else {
+                let params = opts.sampling.params(rng.next_f32());
+                let pens = opts.sampling.penalties(&history);
+                self.model.forward_and_sample(&step, pos, Some((&params, &pens))).await
+            };
+            let id = match sampled {
+                Ok(id) => id,
+                Err(e) => {
+                    self.cached.clear();
+                    return Err(e);
+                }
+            };
+            self.cached.push(next);
+            if t_first.is_none() {
+                t_first = Some(now_ms());
+            }
+            if self.tokenizer.is_eog(id) {
+                out.stop_reason = StopReason::EndOfText;
+                break;
+            }
+            out.tokens.push(id);
+            history.push(id);
+            next = id;
+            if !self.tokenizer.is_control(id) {
+                out.text.push_str(&utf8.push(self.tokenizer.token_bytes(id)));
+            }
+            if let Some(at) = stops.iter().filter_map(|s| out.text.find(s.as_str())).min() {
+                out.text.truncate(at);
+                out.stop_reason = StopReason::StopString;
+                break;
+            }
+            // Hold back a tail that could still become a stop string.
+            let hold = stops
+                .iter()
+                .map(|s| (1..s.len()).rev().find(|&n| out.text.ends_with(&s[..n]) && s.is_char_boundary(n)).unwrap_or(0))
+                .max()
+                .unwrap_or(0);
+            let safe = out.text.len() - hold;
+            if safe > emitted {
+                if on_text(&out.text[emitted..safe]) == Flow::Stop {
+                    emitted = safe;
+                    out.stop_reason = StopReason::Cancelled;
+                    break;
+                }
+                emitted = safe;
+            }
+        }
+        if out.stop_reason != StopReason::StopString && out.stop_reason != StopReason::Cancelled {
+            out.text.push_str(&utf8.finish());
+        }
+        if out.text.len() > emitted && out.stop_reason != StopReason::Cancelled {
+            on_text(&out.text[emitted..]);
+        }
+        let t_end = now_ms();
+        let t_first = t_first.unwrap_or(t_end);
+        out.prefill_ms = t_first - t0;
+        out.decode_ms = t_end - t_first;
+        Ok(out)
+    }
+
+    /// Teacher-forced scoring: logits for every position of `tokens` (from scratch).
+    pub async fn score(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.cached.clear();
+        let mut all = Vec::with_capacity(tokens.len() * self.model.cfg.vocab);
+        for chunk in tokens.chunks(self.model.logit_rows.min(self.model.max_batch)) {
+            let logits = self.model.forward(chunk, self.cached.len(), Logits::All).await?.unwrap();
+            all.extend_from_slice(&logits);
+            self.cached.extend_from_slice(chunk);
+        }
+        Ok(all)
+    }
+}
+
+/// A multi-turn conversation whose turns reuse the KV cache of the previous ones.
+pub struct Chat {
+    pub messages: Vec<Message>,
+}
+
+impl Chat {
+    pub fn new(system: Option<&str>) -> Chat {
+        Chat { messages: system.map(|s| vec![Message::new("system", s)]).unwrap_or_default() }
+    }
+
+    pub async fn send(
+        &mut self,
+        engine: &mut Engine,
+        user: &str,
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str) -> Flow,
+    ) -> Result<Generation> {
+        self.messages.push(Message::new("user", user));
+        let prompt = match engine.template.tokenize(&engine.tokenizer, &self.messages, true) {
+            Ok(p) => p,
+            Err(e) => {
+                self.messages.pop();
+                return Err(e);
+            }
+        };
+        let mut opts = opts.clone();
+        opts.stop.extend(engine.template.stop_strings());
+        match engine.generate(&prompt, &opts, on_text).await {
+            Ok(g) => {
+                self.messages.push(Message::new("assistant", g.text.trim()));
+                Ok(g)
+            }
+            Err(e) => {
+                self.messages.pop();
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The GPU context: adapter and device selection (reading the adapter's real limits), buffer
+//! helpers, readback, device-loss and validation-error tracking, and compute pipelines
+//! composed from the WGSL files in shaders/.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::quant::GgmlType;
+
+/// Binding kinds of a kernel, in binding order; they make the explicit bind group layouts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Bind {
+    Read,
+    ReadWrite,
+    Uniform,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Kernel {
+    MatVec(GgmlType),
+    MatMul(GgmlType),
+    Embed(GgmlType),
+    RmsNorm,
+    Rope,
+    KvStore,
+    Attention,
+    Glu,
+    ArgmaxPartial,
+    ArgmaxFinal,
+    Sample,
+}
+
+impl Kernel {
+    fn source(self) -> (String, &'static str) {
+        let quant = |body: &str, ty: GgmlType| {
+            let f = match ty {
+                GgmlType::F32 => "load4_f32",
+                GgmlType::F16 => "load4_f16",
+                GgmlType::BF16 => "load4_bf16",
+                GgmlType::Q4_0 => "load4_q4_0",
+                GgmlType::Q4_1 => "load4_q4_1",
+                GgmlType::Q5_0 => "load4_q5_0",
+                GgmlType::Q8_0 => "load4_q8_0",
+                GgmlType::Q4K => "load4_q4_k",
+                GgmlType::Q5K => "load4_q5_k",
+                GgmlType::Q6K => "load4_q6_k",
+            };
+            format!(
+                "{body}\n{}\nfn load4(r: u32, k: u32) -> vec4<f32> {{ return {f}(r, k); }}\n",
+                include_str!("../../../shaders/quant.wgsl")
+            )
+        };
+        match self {
+            Kernel::MatVec(t) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
+            Kernel::MatMul(t) => (quant(include_str!("../../../shaders/matmul.wgsl"), t), "main"),
+            Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
+            Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
+            Kernel::Rope => (include_str!("../../../shaders/rope.wgsl").into(), "main"),
+            Kernel::KvStore => (include_str!("../../../shaders/kv_cache.wgsl").into(), "main"),
+            Kernel::Attention => (include_str!("../../../shaders/attention.wgsl").into(), "main"),
+            Kernel::Glu => (include_str!("../../../shaders/glu.wgsl").into(), "main"),
+            Kernel::ArgmaxPartial => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_partial"),
+            Kernel::ArgmaxFinal => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_final"),
+            Kernel::Sample => (include_str!("../../../shaders/sample.wgsl").into(), "sample"),
+        }
+    }
+
+    pub fn bindings(self) -> &'static [Bind] {
+        use Bind::*;
+        match self {
+            Kernel::MatVec(_) | Kernel::MatMul(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform],
+            Kernel::Embed(_) => &[Read, Read, ReadWrite, Uniform, Uniform],
+            Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform],
+            Kernel::Rope => &[ReadWrite, Read, Uniform, Uniform],
+            Kernel::KvStore => &[Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
+            Kernel::Attention => &[Read, Read, Read, ReadWrite, Uniform, Uniform],
+            Kernel::Glu => &[ReadWrite, Read, Uniform, Uniform],
+            Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::Sample => {
+                &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform]
+            }
+        }
+    }
+}
+
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub driver: String,
+    pub max_storage_binding: u64,
+    pub max_buffer: u64,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+}
+
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub limits: wgpu::Limits,
+    pub summary: AdapterSummary,
+    /// Set by the device-lost callback or the uncaptured-error handler.
+    failure: Arc<Mutex<Option<Error>>>,
+    pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
+    /// One layout per binding signature, so kernels with the same signature (matvec and
+    /// matmul) accept the same bind groups.
+    layouts: Mutex<HashMap<&'static [Bind], wgpu::BindGroupLayout>>,
+}
+
+impl Gpu {
+    /// Opens the default high-performance adapter and a device with its full limits.
+    pub async fn new() -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12 | wgpu::Backends::BROWSER_WEBGPU,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| Error::NoGpu(format!("no WebGPU/Vulkan adapter available ({e})")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        if limits.max_compute_invocations_per_workgroup < 256 || limits.max_compute_workgroup_size_x < 256 {
+            return Err(Error::Limits(format!(
+                "kernels use 256 invocations per workgroup; the adapter allows {}",
+                limits.max_compute_invocations_per_workgroup
+            )));
+        }
+        let features = adapter.features();
+        let wanted = features & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("gloss"),
+                required_features: wanted,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoGpu(format!("the adapter refused a device: {e}")))?;
+        let failure: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+        let f = failure.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            let mut slot = f.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(Error::DeviceLost(format!("{reason:?}: {msg}")));
+            }
+        });
+        let f = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = f.lock().unwrap();
+            if slot.is_none() {
+                *slot = Some(match e {
+                    wgpu::Error::OutOfMemory { .. } => Error::Limits(format!("GPU out of memory: {e}")),
+                    _ => Error::Gpu(e.to_string()),
+                });
+            }
+        }));
+        let summary = AdapterSummary {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            driver: format!("{} {}", info.driver, info.driver_info),
+            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer: limits.max_buffer_size,
+            shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
+            subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+        };
+        Ok(Gpu {
+            device,
+            queue,
+            limits,
+            summary,
+            failure,
+            pipelines: Mutex::new(HashMap::new()),
+            layouts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The first device loss or validation error since the last call, if any.
+    pub fn check(&self) -> Result<()> {
+        match self.failure.lock().unwrap().take() {
+            Some(Error::DeviceLost(m)) => {
+                // Loss is permanent: keep reporting it.
+                *self.failure.lock().unwrap() = Some(Error::DeviceLost(m.clone()));
+                Err(Error::DeviceLost(m))
+            }
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub fn max_binding(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// A storage buffer; fails with the limit's name if the adapter cannot bind that much.
+    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        if size > self.max_binding() {
+            return Err(Error::Limits(format!(
+                "buffer `{label}` needs {size} bytes but the adapter binds at most {} (maxStorageBufferBindingSize/maxBufferSize); short by {} bytes",
+                self.max_binding(),
+                size - self.max_binding()
+            )));
+        }
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        let b = self.storage(label, data.len() as u64)?;
+        self.queue.write_buffer(&b, 0, data);
+        Ok(b)
+    }
+
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (std::mem::size_of::<T>() as u64).next_multiple_of(16),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&b, 0, bytemuck::bytes_of(value));
+        b
+    }
+
+    pub fn readback_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Maps `buf` (a MAP_READ buffer whose copy was already submitted) and returns its bytes.
+    pub async fn read_mapped(&self, buf: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = buf.slice(0..size);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(format!("waiting for the GPU failed: {e}")))?;
+        let mapped = rx.await.map_err(|_| Error::DeviceLost("buffer mapping was abandoned".into()))?;
+        self.check()?;
+        mapped.map_err(|e| Error::Gpu(format!("buffer mapping failed: {e}")))?;
+        let out = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("mapped range: {e}")))?.to_vec();
+        buf.unmap();
+        Ok(out)
+    }
+
+    /// Copies `size` bytes of a storage buffer back to the CPU (tests, logits, debugging).
+    pub async fn read(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.readback_buffer("readback", size);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, offset, &staging, 0, size.next_multiple_of(4));
+        self.queue.submit([enc.finish()]);
+        let mut v = self.read_mapped(&staging, size.next_multiple_of(4)).await?;
+        v.truncate(size as usize);
+        Ok(v)
+    }
+
+    pub fn pipeline(&self, kernel: Kernel) -> Arc<Pipeline> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
+            return p.clone();
+        }
+        let (src, entry) = kernel.source();
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&format!("{kernel:?}")),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let layout = self.layout(kernel.bindings());
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&format!("{kernel:?}")),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let p = Arc::new(Pipeline { pipeline, layout });
+        self.pipelines.lock().unwrap().insert(kernel, p.clone());
+        p
+    }
+
+    fn layout(&self, sig: &'static [Bind]) -> wgpu::BindGroupLayout {
+        let mut layouts = self.layouts.lock().unwrap();
+        layouts
+            .entry(sig)
+            .or_insert_with(|| {
+                let entries: Vec<wgpu::BindGroupLayoutEntry> = sig
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                        binding: i as u32,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: match b {
+                                Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                                Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                                Bind::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    })
+                    .collect();
+                self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries })
+            })
+            .clone()
+    }
+
+    pub fn bind_group(&self, kernel: Kernel, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let p = self.pipeline(kernel);
+        assert_eq!(buffers.len(), kernel.bindings().len(), "{kernel:?} binding count");
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&format!("{kernel:?}")),
+            layout: &p.layout,
+            entries: &entries,
+        })
+    }
+}

@@ -1,0 +1,64 @@
+// Decode-path matrix x vector: y[t][out_offset + r] = sum_k W[r][k] * x[t][k] (+ bias, + y).
+// 8 rows per 256-thread workgroup, 32 lanes per row; each lane walks 32-wide units of the
+// row, so every quant type decodes whole aligned groups of 4.
+
+struct WParams {
+    k: u32,            // row length
+    rows: u32,         // rows in this weight part
+    scale_base: u32,   // word offset of separated f16 scales
+    out_offset: u32,   // first output row this part writes (parts split large tensors)
+    out_stride: u32,   // y row stride (total rows of the full tensor)
+    flags: u32,        // 1: accumulate into y, 2: add bias, 4: only the step's last token
+    _p0: u32,
+    _p1: u32,
+}
+struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
+
+@group(0) @binding(0) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<uniform> wp: WParams;
+@group(0) @binding(5) var<uniform> step: Step;
+
+const ROWS_PER_WG: u32 = 8u;
+const LANES: u32 = 32u;
+var<workgroup> partial: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let lane = lid % LANES;
+    let row_in_wg = lid / LANES;
+    let r = wid.x * ROWS_PER_WG + row_in_wg;
+    var t = wid.y;
+    var y_row = wid.y;
+    if ((wp.flags & 4u) != 0u) {
+        t = step.n_tok - 1u;
+        y_row = 0u;
+    }
+    var acc = 0.0;
+    if (r < wp.rows) {
+        let xb = t * (wp.k / 4u);
+        for (var u = lane * 32u; u < wp.k; u += LANES * 32u) {
+            for (var j = 0u; j < 32u; j += 4u) {
+                acc += dot(load4(r, u + j), x[xb + (u + j) / 4u]);
+            }
+        }
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            partial[lid] += partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && r < wp.rows) {
+        let o = wp.out_offset + r;
+        var v = partial[lid];
+        if ((wp.flags & 2u) != 0u) { v += bias[o]; }
+        let yi = y_row * wp.out_stride + o;
+        if ((wp.flags & 1u) != 0u) { v += y[yi]; }
+        y[yi] = v;
+    }
+}

@@ -1,0 +1,43 @@
+// RMSNorm over rows of length n: out = x / sqrt(mean(x^2) + eps) * weight. Rows are tokens
+// (attention/FFN/output norms) or heads (q/k norms). Flags: 1 = add into y (Gemma's
+// post-norms feed the residual), 2 = in place (read y instead of x).
+
+struct NParams { n: u32, rows_per_tok: u32, flags: u32, eps: f32 }
+struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> weight: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> np: NParams;
+@group(0) @binding(4) var<uniform> step: Step;
+
+var<workgroup> sums: array<f32, 256>;
+
+fn input(i: u32) -> f32 {
+    if ((np.flags & 2u) != 0u) { return y[i]; }
+    return x[i];
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * 65535u;
+    if (row >= step.n_tok * np.rows_per_tok) { return; } // uniform per workgroup
+    let base = row * np.n;
+    var s = 0.0;
+    for (var i = lid; i < np.n; i += 256u) {
+        let v = input(base + i);
+        s += v * v;
+    }
+    sums[lid] = s;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {
+        if (lid < k) { sums[lid] += sums[lid + k]; }
+        workgroupBarrier();
+    }
+    let inv = inverseSqrt(sums[0] / f32(np.n) + np.eps);
+    for (var i = lid; i < np.n; i += 256u) {
+        var v = input(base + i) * inv * weight[i];
+        if ((np.flags & 1u) != 0u) { v += y[base + i]; }
+        y[base + i] = v;
+    }
+}

@@ -1,0 +1,220 @@
+// Token selection on the GPU, so only the chosen id is read back.
+// `argmax_partial` + `argmax_final`: greedy decoding over the whole vocabulary in two passes.
+// `sample`: one workgroup applies repetition/presence/frequency penalties, then (as in
+// llama.cpp's default chain) top-k, top-p and min-p on the untempered distribution, then
+// draws from softmax(logits / temperature) over the survivors with the host's uniform `u`.
+// Thresholds are found by bisection on the order-preserving bit pattern of (max - logit),
+// so top-k keeps exactly the k largest values (plus exact ties).
+
+struct SParams {
+    vocab: u32,
+    top_k: u32,
+    n_penalties: u32,
+    _p0: u32,
+    temperature: f32,
+    top_p: f32,
+    min_p: f32,
+    u: f32,
+    repeat_penalty: f32,
+    presence_penalty: f32,
+    frequency_penalty: f32,
+    _p1: f32,
+}
+struct Penalty { id: u32, count: u32 }
+
+@group(0) @binding(0) var<storage, read_write> logits: array<f32>;
+@group(0) @binding(1) var<storage, read_write> partials: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read_write> result: array<u32>;
+@group(0) @binding(3) var<storage, read> penalties: array<Penalty>;
+@group(0) @binding(4) var<uniform> sp: SParams;
+
+const WG: u32 = 256u;
+var<workgroup> best_v: array<f32, WG>;
+var<workgroup> best_i: array<u32, WG>;
+var<workgroup> acc_u: array<u32, WG>;
+var<workgroup> acc_f: array<f32, WG>;
+
+// Keeps the larger value; on ties the lower index, like a sequential argmax.
+fn better(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
+    return vb > va || (vb == va && ib < ia);
+}
+
+fn wg_argmax(lid: u32) {
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s && better(best_v[lid], best_i[lid], best_v[lid + s], best_i[lid + s])) {
+            best_v[lid] = best_v[lid + s];
+            best_i[lid] = best_i[lid + s];
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(256)
+fn argmax_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let chunk = WG * 16u;
+    var bv = -3.4e38;
+    var bi = 0xFFFFFFFFu;
+    for (var i = wid.x * chunk + lid; i < min(sp.vocab, (wid.x + 1u) * chunk); i += WG) {
+        let v = logits[i];
+        if (better(bv, bi, v, i)) { bv = v; bi = i; }
+    }
+    best_v[lid] = bv;
+    best_i[lid] = bi;
+    workgroupBarrier();
+    wg_argmax(lid);
+    if (lid == 0u) { partials[wid.x] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]); }
+}
+
+@compute @workgroup_size(256)
+fn argmax_final(@builtin(local_invocation_index) lid: u32) {
+    let n = (sp.vocab + WG * 16u - 1u) / (WG * 16u);
+    var bv = -3.4e38;
+    var bi = 0xFFFFFFFFu;
+    for (var i = lid; i < n; i += WG) {
+        let v = bitcast<f32>(partials[i].x);
+        if (better(bv, bi, v, partials[i].y)) { bv = v; bi = partials[i].y; }
+    }
+    best_v[lid] = bv;
+    best_i[lid] = bi;
+    workgroupBarrier();
+    wg_argmax(lid);
+    if (lid == 0u) { result[0] = best_i[0]; }
+}
+
+// Order-preserving key: smaller key = larger logit. (max - logit) >= 0, so its f32 bits
+// compare like the value.
+fn key_of(v: f32, mx: f32) -> u32 {
+    return bitcast<u32>(max(mx - v, 0.0));
+}
+
+fn sum_u(v: u32, lid: u32) -> u32 {
+    workgroupBarrier();
+    acc_u[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { acc_u[lid] += acc_u[lid + s]; }
+        workgroupBarrier();
+    }
+    return workgroupUniformLoad(&acc_u[0]);
+}
+
+fn sum_f(v: f32, lid: u32) -> f32 {
+    workgroupBarrier();
+    acc_f[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { acc_f[lid] += acc_f[lid + s]; }
+        workgroupBarrier();
+    }
+    return workgroupUniformLoad(&acc_f[0]);
+}
+
+fn count_le(limit: u32, mx: f32, lid: u32) -> u32 {
+    var c = 0u;
+    for (var i = lid; i < sp.vocab; i += WG) { c += u32(key_of(logits[i], mx) <= limit); }
+    return sum_u(c, lid);
+}
+
+fn mass_le(limit: u32, mx: f32, lid: u32) -> f32 {
+    var s = 0.0;
+    for (var i = lid; i < sp.vocab; i += WG) {
+        let v = logits[i];
+        if (key_of(v, mx) <= limit) { s += exp(v - mx); }
+    }
+    return sum_f(s, lid);
+}
+
+@compute @workgroup_size(256)
+fn sample(@builtin(local_invocation_index) lid: u32) {
+    // Penalties (llama.cpp semantics): each listed id is distinct, so no write conflicts.
+    for (var i = lid; i < sp.n_penalties; i += WG) {
+        let pen = penalties[i];
+        var v = logits[pen.id];
+        if (v > 0.0) { v /= sp.repeat_penalty; } else { v *= sp.repeat_penalty; }
+        v -= f32(pen.count) * sp.frequency_penalty + sp.presence_penalty;
+        logits[pen.id] = v;
+    }
+    storageBarrier();
+    workgroupBarrier();
+
+    var local_max = -3.4e38;
+    for (var i = lid; i < sp.vocab; i += WG) { local_max = max(local_max, logits[i]); }
+    best_v[lid] = local_max;
+    best_i[lid] = 0u;
+    workgroupBarrier();
+    wg_argmax(lid);
+    let mx = workgroupUniformLoad(&best_v[0]);
+
+    var limit = 0x7F800000u; // +inf bits: everything
+    if (sp.top_k > 0u && sp.top_k < sp.vocab) {
+        // Smallest key limit with count(key <= limit) >= top_k.
+        var lo = 0u;
+        var hi = 0x7F800000u;
+        while (lo < hi) {
+            let mid = lo + (hi - lo) / 2u;
+            if (count_le(mid, mx, lid) >= sp.top_k) { hi = mid; } else { lo = mid + 1u; }
+        }
+        limit = lo;
+    }
+    if (sp.top_p < 1.0) {
+        let total = mass_le(limit, mx, lid);
+        var lo = 0u;
+        var hi = limit;
+        while (lo < hi) {
+            let mid = lo + (hi - lo) / 2u;
+            if (mass_le(mid, mx, lid) >= sp.top_p * total) { hi = mid; } else { lo = mid + 1u; }
+        }
+        limit = lo;
+    }
+    if (sp.min_p > 0.0) {
+        // p_i / p_max >= min_p  <=>  max - logit <= -ln(min_p)
+        limit = min(limit, bitcast<u32>(-log(sp.min_p)));
+    }
+
+    // Draw from softmax(logits / T) over keys <= limit, scanning in index order.
+    let inv_t = 1.0 / max(sp.temperature, 1e-6);
+    let per = (sp.vocab + WG - 1u) / WG;
+    let lo_i = lid * per;
+    let hi_i = min(sp.vocab, lo_i + per);
+    var s = 0.0;
+    for (var i = lo_i; i < hi_i; i++) {
+        let v = logits[i];
+        if (key_of(v, mx) <= limit) { s += exp((v - mx) * inv_t); }
+    }
+    workgroupBarrier();
+    acc_f[lid] = s;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var total = 0.0;
+        for (var j = 0u; j < WG; j++) { total += acc_f[j]; }
+        var goal = sp.u * total;
+        var owner = WG - 1u;
+        for (var j = 0u; j < WG; j++) {
+            if (goal < acc_f[j]) { owner = j; break; }
+            goal -= acc_f[j];
+        }
+        // Fall back to the last thread that has mass (u * total rounding at the top end).
+        if (acc_f[owner] == 0.0) {
+            for (var j = WG; j > 0u; j--) { if (acc_f[j - 1u] > 0.0) { owner = j - 1u; goal = acc_f[j - 1u]; break; } }
+        }
+        acc_u[0] = owner;
+        acc_f[0] = goal;
+    }
+    workgroupBarrier();
+    if (lid == acc_u[0]) {
+        var goal = acc_f[0];
+        var chosen = 0xFFFFFFFFu;
+        var last = 0xFFFFFFFFu;
+        for (var i = lo_i; i < hi_i; i++) {
+            let v = logits[i];
+            if (key_of(v, mx) <= limit) {
+                last = i;
+                let e = exp((v - mx) * inv_t);
+                if (goal < e) { chosen = i; break; }
+                goal -= e;
+            }
+        }
+        if (chosen == 0xFFFFFFFFu) { chosen = last; }
+        result[0] = chosen;
+    }
+}
