@@ -1,6 +1,8 @@
 // Decode-path matrix x vector: y[t][out_offset + r] = sum_k W[r][k] * x[t][k] (+ bias, + y).
-// 8 rows per 256-thread workgroup, 32 lanes per row; each lane walks 32-wide units of the
-// row, so every quant type decodes whole aligned groups of 4.
+// LANES threads share a row (256 / LANES rows per workgroup); each lane walks 32-wide units
+// of the row, so every quant type decodes whole aligned groups of 4. GPUs use 32 lanes and
+// a workgroup reduction; CPU adapters (lavapipe, SwiftShader), where barriers are costly,
+// use 1 lane per row and no barrier at all.
 
 struct WParams {
     k: u32,            // row length
@@ -21,8 +23,8 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(4) var<uniform> wp: WParams;
 @group(0) @binding(5) var<uniform> step: Step;
 
-const ROWS_PER_WG: u32 = 8u;
-const LANES: u32 = 32u;
+override LANES: u32 = 32u;
+override ROWS_PER_WG: u32 = 256u / LANES;
 var<workgroup> partial: array<f32, 256>;
 
 @compute @workgroup_size(256)
@@ -45,17 +47,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            partial[lid] += partial[lid + s];
-        }
+    if (LANES > 1u) {
+        partial[lid] = acc;
         workgroupBarrier();
+        for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+            if (lane < s) {
+                partial[lid] += partial[lid + s];
+            }
+            workgroupBarrier();
+        }
+        acc = partial[lid];
     }
     if (lane == 0u && r < wp.rows) {
         let o = wp.out_offset + r;
-        var v = partial[lid];
+        var v = acc;
         if ((wp.flags & 2u) != 0u) { v += bias[o]; }
         let yi = y_row * wp.out_stride + o;
         if ((wp.flags & 1u) != 0u) { v += y[yi]; }

@@ -161,45 +161,16 @@ async fn chat(args: &Args) -> Result<()> {
     }
 }
 
-/// llama-perplexity's method: chunks of `ctx` tokens, each evaluated from scratch with its
-/// first token replaced by BOS (if the model adds one), scoring the second half of each.
+/// Perplexity by llama-perplexity's method (see `Engine::perplexity`).
 async fn perplexity(args: &Args) -> Result<()> {
     let file = args.get("file").ok_or_else(|| Error::Invalid("give --file".into()))?;
     let text = std::fs::read_to_string(file).map_err(|e| Error::Io(format!("{file}: {e}")))?;
     let n_ctx: usize = args.num("ctx", 512)?;
     let mut engine = load(args).await?;
-    let tokens = engine.tokenizer.encode(&text, true, true)?;
-    let n_chunk = (tokens.len() / n_ctx).min(args.num("chunks", usize::MAX)?);
-    if n_chunk == 0 || tokens.len() < 2 * n_ctx {
-        return Err(Error::Invalid(format!("need at least {} tokens for --ctx {n_ctx}, the file has {}", 2 * n_ctx, tokens.len())));
-    }
-    let first = n_ctx / 2;
-    let vocab = engine.model.cfg.vocab;
-    let (mut nll, mut count) = (0f64, 0usize);
-    for c in 0..n_chunk {
-        let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
-        if engine.tokenizer.add_bos {
-            if let Some(b) = engine.tokenizer.bos {
-                chunk[0] = b;
-            }
-        }
-        let logits = engine.score(&chunk).await?;
-        for j in first..n_ctx - 1 {
-            let row = &logits[j * vocab..(j + 1) * vocab];
-            nll -= log_softmax(row, chunk[j + 1] as usize);
-            count += 1;
-        }
-        eprint!("[{}]{:.4},", c + 1, (nll / count as f64).exp());
-    }
+    let ppl = engine.perplexity(&text, n_ctx, args.num("chunks", usize::MAX)?, |c, p| eprint!("[{c}]{p:.4},")).await?;
     eprintln!();
-    println!("PPL = {:.4}", (nll / count as f64).exp());
+    println!("PPL = {ppl:.4}");
     Ok(())
-}
-
-fn log_softmax(row: &[f32], tok: usize) -> f64 {
-    let mx = row.iter().copied().fold(f32::MIN, f32::max);
-    let sum: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
-    (row[tok] - mx) as f64 - sum.ln()
 }
 
 /// Prefill and decode speed on this machine's GPU, with the physical floors beside them.

@@ -284,6 +284,43 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Perplexity of `text` by llama-perplexity's method: chunks of `n_ctx` tokens, each
+    /// evaluated from scratch with its first token replaced by BOS (when the model adds
+    /// one), scoring only the second half of each chunk. `progress` sees each chunk's
+    /// running value.
+    pub async fn perplexity(&mut self, text: &str, n_ctx: usize, max_chunks: usize, mut progress: impl FnMut(usize, f64)) -> Result<f64> {
+        let tokens = self.tokenizer.encode(text, true, true)?;
+        let n_chunk = (tokens.len() / n_ctx.max(1)).min(max_chunks);
+        if n_ctx < 4 || tokens.len() < 2 * n_ctx {
+            return Err(Error::Invalid(format!("need at least {} tokens for a {n_ctx}-token context, the text has {}", 2 * n_ctx, tokens.len())));
+        }
+        let first = n_ctx / 2;
+        let vocab = self.model.cfg.vocab;
+        let (mut nll, mut count) = (0f64, 0usize);
+        for c in 0..n_chunk {
+            let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
+            if let (true, Some(b)) = (self.tokenizer.add_bos, self.tokenizer.bos) {
+                chunk[0] = b;
+            }
+            let logits = self.score(&chunk).await?;
+            for j in first..n_ctx - 1 {
+                nll -= log_softmax(&logits[j * vocab..(j + 1) * vocab], chunk[j + 1] as usize);
+                count += 1;
+            }
+            progress(c + 1, (nll / count as f64).exp());
+        }
+        Ok((nll / count as f64).exp())
+    }
+}
+
+/// log p(tok) under softmax(row), in f64 like llama.cpp.
+pub fn log_softmax(row: &[f32], tok: usize) -> f64 {
+    let mx = row.iter().copied().fold(f32::MIN, f32::max);
+    let sum: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
+    (row[tok] - mx) as f64 - sum.ln()
+}
+
 /// A multi-turn conversation whose turns reuse the KV cache of the previous ones.
 pub struct Chat {
     pub messages: Vec<Message>,

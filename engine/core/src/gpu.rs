@@ -97,6 +97,8 @@ pub struct AdapterSummary {
     pub max_buffer: u64,
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// A software rasterizer on the CPU (lavapipe, SwiftShader): kernels avoid barriers.
+    pub cpu: bool,
 }
 
 pub struct Gpu {
@@ -173,6 +175,7 @@ impl Gpu {
             max_buffer: limits.max_buffer_size,
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            cpu: info.device_type == wgpu::DeviceType::Cpu,
         };
         Ok(Gpu {
             device,
@@ -295,12 +298,28 @@ impl Gpu {
             layout: Some(&pl),
             module: &module,
             entry_point: Some(entry),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &self.overrides(kernel),
+                ..Default::default()
+            },
             cache: None,
         });
         let p = Arc::new(Pipeline { pipeline, layout });
         self.pipelines.lock().unwrap().insert(kernel, p.clone());
         p
+    }
+
+    /// Pipeline-overridable constants tuned to the adapter.
+    fn overrides(&self, kernel: Kernel) -> Vec<(&'static str, f64)> {
+        match kernel {
+            Kernel::MatVec(_) => vec![("LANES", if self.summary.cpu { 1.0 } else { 32.0 })],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Rows one matvec workgroup covers (must match the LANES override).
+    pub fn matvec_rows(&self) -> u32 {
+        if self.summary.cpu { 256 } else { 8 }
     }
 
     fn layout(&self, sig: &'static [Bind]) -> wgpu::BindGroupLayout {

@@ -14,7 +14,6 @@ use crate::quant::{self, GgmlType};
 
 /// Bytes of file data read per upload chunk: bounds the loader's peak memory.
 const UPLOAD_CHUNK: usize = 8 << 20;
-const MATVEC_ROWS: u32 = 8;
 const MATMUL_ROWS: u32 = 64;
 const MATMUL_TOKENS: u32 = 32;
 const ARGMAX_CHUNK: u32 = 256 * 16;
@@ -581,30 +580,7 @@ impl Transformer {
     }
 
     fn encode(&self, pass: &mut wgpu::ComputePass, ops: &[Op], n_tok: u32) {
-        for op in ops {
-            let (kernel, [x, y]) = match op.grid {
-                Grid::PerToken(x) => (op.kernel, [x, n_tok]),
-                Grid::Rows(n) => {
-                    let rows = n * n_tok;
-                    (op.kernel, [rows.min(65535), rows.div_ceil(65535)])
-                }
-                Grid::Elems(n) => {
-                    let wgs = (n * n_tok).div_ceil(256);
-                    (op.kernel, [wgs.min(65535), wgs.div_ceil(65535)])
-                }
-                Grid::Linear { rows, last_only } => {
-                    if last_only || n_tok == 1 {
-                        (op.kernel, [rows.div_ceil(MATVEC_ROWS), if last_only { 1 } else { n_tok }])
-                    } else {
-                        (op.alt.unwrap(), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS)])
-                    }
-                }
-                Grid::Fixed(x) => (op.kernel, [x, 1]),
-            };
-            pass.set_pipeline(&self.gpu.pipeline(kernel).pipeline);
-            pass.set_bind_group(0, &op.bind_group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-        }
+        encode(&self.gpu, pass, ops, n_tok)
     }
 
     fn check_batch(&self, tokens: &[u32], pos0: usize, logits: Logits) -> Result<()> {
@@ -700,4 +676,73 @@ impl Transformer {
         }
         Ok(id)
     }
+}
+
+fn encode(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: &[Op], n_tok: u32) {
+    for op in ops {
+            let (kernel, [x, y]) = match op.grid {
+                Grid::PerToken(x) => (op.kernel, [x, n_tok]),
+                Grid::Rows(n) => {
+                    let rows = n * n_tok;
+                    (op.kernel, [rows.min(65535), rows.div_ceil(65535)])
+                }
+                Grid::Elems(n) => {
+                    let wgs = (n * n_tok).div_ceil(256);
+                    (op.kernel, [wgs.min(65535), wgs.div_ceil(65535)])
+                }
+                Grid::Linear { rows, last_only } => {
+                    if last_only || n_tok == 1 {
+                        (op.kernel, [rows.div_ceil(gpu.matvec_rows()), if last_only { 1 } else { n_tok }])
+                    } else {
+                        (op.alt.unwrap(), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS)])
+                    }
+                }
+                Grid::Fixed(x) => (op.kernel, [x, 1]),
+            };
+            pass.set_pipeline(&gpu.pipeline(kernel).pipeline);
+            pass.set_bind_group(0, &op.bind_group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+}
+
+/// Applies one weight matrix to `n_tok` rows of `x` through the same kernels the model uses
+/// (matvec for one token, matmul for more). For kernel tests and diagnostics.
+pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Result<Vec<f32>> {
+    let step = gpu.uniform("step", &Step { n_tok: n_tok as u32, pos0: 0, _p: [0; 2] });
+    let dummy = gpu.storage("dummy", 16)?;
+    let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
+    let y = gpu.storage("y", (n_tok * m.rows * 4) as u64)?;
+    let mut b = Builder { gpu, step: &step, dummy: &dummy, ops: Vec::new() };
+    b.linear(m, &xb, &y, None, 0);
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        encode(gpu, &mut pass, &b.ops, n_tok as u32);
+    }
+    gpu.queue.submit([enc.finish()]);
+    let bytes = gpu.read(&y, 0, (n_tok * m.rows * 4) as u64).await?;
+    Ok(bytemuck::cast_slice(&bytes).to_vec())
+}
+
+/// Runs the GPU sampler on `logits` (one row); for tests against `sampling::sample_reference`.
+pub async fn apply_sampler(gpu: &Gpu, logits: &[f32], p: &SampleParams, penalties: &[[u32; 2]]) -> Result<u32> {
+    let lb = gpu.storage_init("logits", bytemuck::cast_slice(logits))?;
+    let partials = gpu.storage("partials", (logits.len() as u64).div_ceil(ARGMAX_CHUNK as u64) * 8)?;
+    let result = gpu.storage("result", 16)?;
+    let pens = gpu.storage("penalties", (MAX_PENALTIES * 8) as u64)?;
+    if !penalties.is_empty() {
+        gpu.queue.write_buffer(&pens, 0, bytemuck::cast_slice(penalties));
+    }
+    let params = gpu.uniform("sparams", &SampleParams { vocab: logits.len() as u32, n_penalties: penalties.len() as u32, ..*p });
+    let dummy = gpu.storage("dummy", 16)?;
+    let mut b = Builder { gpu, step: &dummy, dummy: &dummy, ops: Vec::new() };
+    b.op(Kernel::Sample, &[&lb, &partials, &result, &pens, &params], Grid::Fixed(1));
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        encode(gpu, &mut pass, &b.ops, 1);
+    }
+    gpu.queue.submit([enc.finish()]);
+    let bytes = gpu.read(&result, 0, 4).await?;
+    Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
 }
