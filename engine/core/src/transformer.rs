@@ -705,6 +705,16 @@ fn encode(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: &[Op], n_tok: u32) {
         }
 }
 
+/// Encodes `ops` in one compute pass and submits them (the stand-alone kernel runners).
+fn submit_ops(gpu: &Gpu, ops: &[Op], n_tok: u32) {
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        encode(gpu, &mut pass, ops, n_tok);
+    }
+    gpu.queue.submit([enc.finish()]);
+}
+
 /// Applies one weight matrix to `n_tok` rows of `x` through the same kernels the model uses
 /// (matvec for one token, matmul for more). For kernel tests and diagnostics.
 pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Result<Vec<f32>> {
@@ -714,12 +724,7 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
     let y = gpu.storage("y", (n_tok * m.rows * 4) as u64)?;
     let mut b = Builder { gpu, step: &step, dummy: &dummy, ops: Vec::new() };
     b.linear(m, &xb, &y, None, 0);
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        encode(gpu, &mut pass, &b.ops, n_tok as u32);
-    }
-    gpu.queue.submit([enc.finish()]);
+    submit_ops(gpu, &b.ops, n_tok as u32);
     let bytes = gpu.read(&y, 0, (n_tok * m.rows * 4) as u64).await?;
     Ok(bytemuck::cast_slice(&bytes).to_vec())
 }
@@ -737,12 +742,7 @@ pub async fn apply_sampler(gpu: &Gpu, logits: &[f32], p: &SampleParams, penaltie
     let dummy = gpu.storage("dummy", 16)?;
     let mut b = Builder { gpu, step: &dummy, dummy: &dummy, ops: Vec::new() };
     b.op(Kernel::Sample, &[&lb, &partials, &result, &pens, &params], Grid::Fixed(1));
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        encode(gpu, &mut pass, &b.ops, 1);
-    }
-    gpu.queue.submit([enc.finish()]);
+    submit_ops(gpu, &b.ops, 1);
     let bytes = gpu.read(&result, 0, 4).await?;
     Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
 }
