@@ -4,6 +4,7 @@
 //!   gloss chat --model M [--system TEXT] [sampling]
 //!   gloss perplexity --model M --file TEXT [--ctx N] [--chunks N]
 //!   gloss bench --model M [--prompt-tokens 128,1024] [--gen-tokens 256] [--out FILE]
+//!   gloss score --model M --ids "1 2 3" [--top-ids "4 5"]   (teacher forcing, JSON out)
 //!   gloss info --model M
 //!
 //! Sampling: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --repeat-penalty R
@@ -242,6 +243,35 @@ fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: 
     )
 }
 
+/// Teacher forcing over `--ids`: each position's argmax, and the first step's logits at
+/// `--top-ids` (after `--prompt-len` tokens), as JSON; the browser test compares its wasm
+/// run with this.
+async fn score(args: &Args) -> Result<()> {
+    let parse = |k: &str| -> Result<Vec<u32>> {
+        args.get(k)
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|t| t.parse().map_err(|_| Error::Invalid(format!("--{k}: `{t}` is not a token id"))))
+            .collect()
+    };
+    let (ids, top) = (parse("ids")?, parse("top-ids")?);
+    let prompt_len: usize = args.num("prompt-len", ids.len())?;
+    if ids.is_empty() || prompt_len == 0 || prompt_len > ids.len() {
+        return Err(Error::Invalid("give --ids, and --prompt-len within them".into()));
+    }
+    let mut engine = load(args).await?;
+    let vocab = engine.model.cfg.vocab;
+    let logits = engine.score(&ids).await?;
+    let argmax: Vec<String> = logits
+        .chunks(vocab)
+        .map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0.to_string())
+        .collect();
+    let first = &logits[(prompt_len - 1) * vocab..prompt_len * vocab];
+    let top: Vec<String> = top.iter().map(|&t| format!("{}", first[t as usize])).collect();
+    println!("{{\"argmax\":[{}],\"first_step\":[{}]}}", argmax.join(","), top.join(","));
+    Ok(())
+}
+
 async fn info(args: &Args) -> Result<()> {
     let engine = load(args).await?;
     println!("{:#?}", engine.info);
@@ -251,7 +281,7 @@ async fn info(args: &Args) -> Result<()> {
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = argv.first().cloned() else {
-        eprintln!("usage: gloss <run|chat|perplexity|bench|info> [--model PATH] ...  (see engine/cli/src/main.rs)");
+        eprintln!("usage: gloss <run|chat|perplexity|bench|score|info> [--model PATH] ...  (see engine/cli/src/main.rs)");
         std::process::exit(2);
     };
     let result = Args::parse(&argv[1..]).and_then(|args| {
@@ -261,6 +291,7 @@ fn main() {
                 "chat" => chat(&args).await,
                 "perplexity" => perplexity(&args).await,
                 "bench" => bench(&args).await,
+                "score" => score(&args).await,
                 "info" => info(&args).await,
                 other => Err(Error::Invalid(format!("unknown command `{other}`"))),
             }

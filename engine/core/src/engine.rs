@@ -271,6 +271,25 @@ impl Engine {
         Ok(out)
     }
 
+    /// The prompt for `messages` through the chat template, ready for the assistant's turn.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.template.tokenize(&self.tokenizer, messages, true)
+    }
+
+    /// Replies to `messages` (the whole conversation so far). Stateless for the caller;
+    /// the KV cache still serves whatever prefix the previous call shared with this one.
+    pub async fn chat(
+        &mut self,
+        messages: &[Message],
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str) -> Flow,
+    ) -> Result<Generation> {
+        let prompt = self.chat_prompt(messages)?;
+        let mut opts = opts.clone();
+        opts.stop.extend(self.template.stop_strings());
+        self.generate(&prompt, &opts, on_text).await
+    }
+
     /// Teacher-forced scoring: logits for every position of `tokens` (from scratch).
     pub async fn score(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.cached.clear();
@@ -339,16 +358,7 @@ impl Chat {
         on_text: impl FnMut(&str) -> Flow,
     ) -> Result<Generation> {
         self.messages.push(Message::new("user", user));
-        let prompt = match engine.template.tokenize(&engine.tokenizer, &self.messages, true) {
-            Ok(p) => p,
-            Err(e) => {
-                self.messages.pop();
-                return Err(e);
-            }
-        };
-        let mut opts = opts.clone();
-        opts.stop.extend(engine.template.stop_strings());
-        match engine.generate(&prompt, &opts, on_text).await {
+        match engine.chat(&self.messages, opts, on_text).await {
             Ok(g) => {
                 self.messages.push(Message::new("assistant", g.text.trim()));
                 Ok(g)
