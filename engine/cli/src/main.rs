@@ -4,7 +4,7 @@
 //!   gloss chat --model M [--system TEXT] [sampling]
 //!   gloss perplexity --model M --file TEXT [--ctx N] [--chunks N]
 //!   gloss bench --model M [--prompt-tokens 128,1024] [--gen-tokens 256] [--out FILE]
-//!   gloss score --model M --ids "1 2 3" [--top-ids "4 5"]   (teacher forcing, JSON out)
+//!   gloss score --model M --tokens "1 2 3" [--prompt-len N] [--top-ids "4 5"]  (teacher forcing, JSON)
 //!   gloss info --model M
 //!
 //! Sampling: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --repeat-penalty R
@@ -243,7 +243,7 @@ fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: 
     )
 }
 
-/// Teacher forcing over `--ids`: each position's argmax, and the first step's logits at
+/// Teacher forcing over `--tokens`: each position's argmax, and the first step's logits at
 /// `--top-ids` (after `--prompt-len` tokens), as JSON; the browser test compares its wasm
 /// run with this.
 async fn score(args: &Args) -> Result<()> {
@@ -254,10 +254,10 @@ async fn score(args: &Args) -> Result<()> {
             .map(|t| t.parse().map_err(|_| Error::Invalid(format!("--{k}: `{t}` is not a token id"))))
             .collect()
     };
-    let (ids, top) = (parse("ids")?, parse("top-ids")?);
+    let (ids, top) = (parse("tokens")?, parse("top-ids")?);
     let prompt_len: usize = args.num("prompt-len", ids.len())?;
     if ids.is_empty() || prompt_len == 0 || prompt_len > ids.len() {
-        return Err(Error::Invalid("give --ids, and --prompt-len within them".into()));
+        return Err(Error::Invalid("give --tokens, and --prompt-len within them".into()));
     }
     let mut engine = load(args).await?;
     let vocab = engine.model.cfg.vocab;
