@@ -57,6 +57,11 @@ function apply(t: Target, text: string) {
   }
 }
 
+/** Reply tokens for a rewrite: room for twice the original (~4 characters a token). */
+function rewriteBudget(text: string) {
+  return Math.min(1024, Math.ceil(text.length / 2) + 32);
+}
+
 const STYLE = `
   :host { all: initial; }
   .panel { position: fixed; z-index: 2147483647; width: 340px; max-width: calc(100vw - 16px); box-sizing: border-box;
@@ -152,7 +157,7 @@ function openPanel() {
     status.textContent = 'Starting…';
     go.textContent = 'Stop';
     const rewrite: RewriteOptions = { tone: tone.value as RewriteOptions['tone'], length: length.value as RewriteOptions['length'], format: format.value as RewriteOptions['format'], instruction: instruction.value };
-    running = runTask({ kind: 'rewrite', text: target.text, rewrite, options: { max_tokens: 256, sampling: { temperature: 0.3 } } }, {
+    running = runTask({ kind: 'rewrite', text: target.text, rewrite, options: { max_tokens: rewriteBudget(target.text), sampling: { temperature: 0.3 } } }, {
       onText: (t) => { result += t; preview.textContent = result; },
       onStatus: (s, pos) => { status.textContent = s === 'queued' ? `Waiting (${pos} in line)…` : s === 'loading' ? 'Loading the model…' : 'Writing…'; },
     });

@@ -65,10 +65,16 @@ export class ModelStore {
 
   constructor(private onChange: () => void) {}
 
-  async init() {
-    const s = await chrome.storage.local.get(['customModels', 'activeModel']);
-    this.custom = (s.customModels as ModelEntry[] | undefined) ?? [];
-    this.active = (s.activeModel as string | undefined) ?? PACKED_MODEL.id;
+  /** Offscreen documents have no chrome.storage; the store keeps its settings in localStorage. */
+  init() {
+    this.custom = JSON.parse(localStorage.getItem('customModels') ?? '[]') as ModelEntry[];
+    this.active = localStorage.getItem('activeModel') ?? PACKED_MODEL.id;
+    if (!this.entries().some((m) => m.id === this.active)) this.active = PACKED_MODEL.id;
+  }
+
+  private saveSettings() {
+    localStorage.setItem('customModels', JSON.stringify(this.custom));
+    localStorage.setItem('activeModel', this.active);
   }
 
   entries(): ModelEntry[] {
@@ -111,7 +117,7 @@ export class ModelStore {
       if (!man?.complete) throw new GlossError('not_installed', `${m.name} is not downloaded yet.`);
     }
     this.active = id;
-    await chrome.storage.local.set({ activeModel: id });
+    this.saveSettings();
   }
 
   async add(name: string, url: string, sha256?: string): Promise<ModelEntry> {
@@ -121,7 +127,7 @@ export class ModelStore {
     if (sha256 && !/^[0-9a-f]{64}$/i.test(sha256)) throw new GlossError('invalid_argument', 'sha256 must be 64 hex digits.');
     const entry: ModelEntry = { id: `custom-${Date.now().toString(36)}`, name: name.trim() || parsed.pathname.split('/').pop() || url, url, family: 'from file', quant: 'from file', size: 0, sha256: sha256?.toLowerCase(), custom: true };
     this.custom.push(entry);
-    await chrome.storage.local.set({ customModels: this.custom });
+    this.saveSettings();
     return entry;
   }
 
@@ -133,7 +139,7 @@ export class ModelStore {
     this.failures.delete(id);
     if (m.custom) {
       this.custom = this.custom.filter((c) => c.id !== id);
-      await chrome.storage.local.set({ customModels: this.custom });
+      this.saveSettings();
     }
     if (this.active === id) await this.select(PACKED_MODEL.id);
   }

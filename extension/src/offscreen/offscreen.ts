@@ -45,7 +45,7 @@ async function handle(req: Request): Promise<unknown> {
   }
 }
 
-const ready = store.init();
+store.init();
 
 chrome.runtime.onMessage.addListener((msg: Request, sender, sendResponse) => {
   if (!msg || typeof msg.type !== 'string' || WORKER_REQUESTS.has(msg.type) || !msg.type.startsWith('models/')) return false;
@@ -54,9 +54,7 @@ chrome.runtime.onMessage.addListener((msg: Request, sender, sendResponse) => {
     sendResponse({ ok: false, error: { code: 'forbidden', message: 'not allowed from this context' } } satisfies Reply);
     return false;
   }
-  ready
-    .then(() => handle(msg))
-    .then((value) => sendResponse({ ok: true, value } satisfies Reply), (e) => sendResponse({ ok: false, error: toErrorInfo(e) } satisfies Reply));
+  handle(msg).then((value) => sendResponse({ ok: true, value } satisfies Reply), (e) => sendResponse({ ok: false, error: toErrorInfo(e) } satisfies Reply));
   return true;
 });
 
@@ -68,14 +66,14 @@ chrome.runtime.onConnect.addListener((port) => {
     port.disconnect();
     return;
   }
-  const fromContent = !!sender.tab;
+  const fromContent = !fromExtensionPage(sender);
   const client = `client-${++clients}`;
   let open = true;
   port.onDisconnect.addListener(() => {
     open = false;
     host.dropClient(client);
   });
-  port.onMessage.addListener(async (m: ClientMessage) => {
+  port.onMessage.addListener((m: ClientMessage) => {
     if (fromContent && !allowedFromContentScript(m)) {
       port.postMessage({ type: 'error', id: m.id, seq: 1, error: { code: 'forbidden', message: 'content scripts may only ask for rewrites' } });
       return;
@@ -84,7 +82,6 @@ chrome.runtime.onConnect.addListener((port) => {
       host.cancel(client, m.id);
       return;
     }
-    await ready;
     const job: Job = { id: m.id, client, task: m.task, cancelled: false, seq: 0, send: (msg) => open && port.postMessage(msg) };
     host.submit(job);
   });

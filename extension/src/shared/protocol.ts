@@ -129,9 +129,12 @@ export function fromThisExtension(sender: chrome.runtime.MessageSender): boolean
   return sender.id === chrome.runtime.id;
 }
 
-/** True if `sender` is one of this extension's own pages (not a content script). */
+/**
+ * True if `sender` is one of this extension's own pages (side panel, offscreen document),
+ * not a content script: content scripts share the id but report the web page's URL.
+ */
 export function fromExtensionPage(sender: chrome.runtime.MessageSender): boolean {
-  return fromThisExtension(sender) && !sender.tab && (sender.url ?? '').startsWith(`chrome-extension://${chrome.runtime.id}/`);
+  return fromThisExtension(sender) && (sender.url ?? '').startsWith(`chrome-extension://${chrome.runtime.id}/`);
 }
 
 export class GlossError extends Error {

@@ -27,6 +27,9 @@ const meter = $<HTMLElement>('context-meter');
 const engineStatus = $<HTMLElement>('engine-status');
 const convSelect = $<HTMLSelectElement>('conversation');
 
+/** The tab this panel reads (`?tab=ID`); otherwise the active tab of the focused window. */
+const boundTab = Number(new URLSearchParams(location.search).get('tab')) || undefined;
+
 let conversations: Conversation[] = [];
 let current: Conversation;
 let running: RunningTask | null = null;
@@ -183,7 +186,7 @@ async function send(text: string) {
   if (!current.messages.length) current.title = text.slice(0, 60);
   if (usePage.checked && !current.page) {
     try {
-      current.page = await ask<PageText>({ type: 'page/text' });
+      current.page = await ask<PageText>({ type: 'page/text', tabId: boundTab });
     } catch (e) {
       engineStatus.textContent = (e as Error).message;
       engineStatus.classList.add('error');
