@@ -6,8 +6,8 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { launch, ROOT, MODEL } from './chromium.mjs';
-import { serve } from './server.mjs';
+import { launch, ROOT, MODEL } from '../../scripts/lib/chromium.mjs';
+import { serve } from '../../scripts/lib/server.mjs';
 
 const golden = JSON.parse(fs.readFileSync(path.join(ROOT, 'tests/golden/smollm2-capital.json'), 'utf8'));
 const text = fs.readFileSync(path.join(ROOT, 'tests/prompts/capital.txt'), 'utf8');
@@ -36,7 +36,7 @@ test('wasm engine: SmolLM2 teacher forcing in Chromium agrees with llama.cpp and
 
     // The native engine on the same adapter (Chromium's SwiftShader Vulkan ICD).
     const ids = [...golden.prompt_ids, ...golden.generated_ids];
-    const out = execFileSync(path.join(ROOT, 'target/release/gloss'), ['score', '--model', MODEL, '--ctx', '256', '--quiet',
+    const out = execFileSync(process.env.GLOSS_BIN ?? path.join(ROOT, 'target/release/gloss'), ['score', '--model', MODEL, '--ctx', '256', '--quiet',
       '--tokens', ids.join(' '), '--prompt-len', String(golden.prompt_ids.length), '--top-ids', topIds.join(' ')], {
       env: { ...process.env, VK_ICD_FILENAMES: '/usr/lib/chromium/vk_swiftshader_icd.json' }, encoding: 'utf8',
     });

@@ -9,8 +9,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { launch, ROOT, MODEL } from './chromium.mjs';
-import { serve } from './server.mjs';
+import { launch, ROOT, MODEL } from '../../scripts/lib/chromium.mjs';
+import { serve } from '../../scripts/lib/server.mjs';
 
 const MODEL_SHA256 = crypto.createHash('sha256').update(fs.readFileSync(MODEL)).digest('hex');
 const FLOW = { timeout: 600_000 };
@@ -20,7 +20,7 @@ before(async () => {
   sparse = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'gloss-huge-')), 'huge.gguf');
   fs.closeSync(fs.openSync(sparse, 'w'));
   fs.truncateSync(sparse, 8 * 2 ** 40); // 8 TiB, sparse: far beyond the disk, so beyond any quota
-  server = await serve(path.join(ROOT, 'tests/browser/pages'), { '/model.gguf': MODEL, '/corrupt.gguf': MODEL, '/huge.gguf': sparse });
+  server = await serve(path.join(ROOT, 'tests/pages'), { '/model.gguf': MODEL, '/corrupt.gguf': MODEL, '/huge.gguf': sparse });
   browser = await launch();
 });
 
@@ -29,6 +29,11 @@ after(async () => {
   await server?.close();
   fs.rmSync(path.dirname(sparse), { recursive: true, force: true });
 });
+
+/** With GLOSS_SCREENSHOTS=DIR, the flows leave pictures of what a user sees (docs/). */
+async function shot(page, name) {
+  if (process.env.GLOSS_SCREENSHOTS) await page.screenshot({ path: path.join(process.env.GLOSS_SCREENSHOTS, `${name}.png`) });
+}
 
 async function tabId(url) {
   return browser.worker.evaluate(async (u) => (await chrome.tabs.query({ url: u }))[0]?.id, url);
@@ -71,6 +76,7 @@ test('chat about the page: the reply streams, the page text is in the context', 
   assert.match(done, /^Done · \d+ tokens/, done);
   const reply = await panel.locator('.msg.assistant .body').last().textContent();
   assert.ok(reply.trim().length > 0, 'empty reply');
+  await shot(panel, 'chat');
   // The extractor took the article, not the navigation, cookie banner or footer.
   const meter = await panel.locator('#context-meter').textContent();
   const pageTokens = Number(/page (\d+) tokens/.exec(meter)?.[1]);
@@ -128,6 +134,7 @@ test('summarize selection from the context menu streams a summary in the panel',
   const done = await status(panel, /^(Done|Stopped)|rror|failed/);
   assert.match(done, /^Done/, done);
   assert.match(await panel.locator('.quote').textContent(), /Ada Finch/);
+  await shot(panel, 'summarize');
   assert.ok((await panel.locator('.msg.assistant .body').last().textContent()).trim().length > 0);
   await panel.close();
   await page.close();
@@ -141,6 +148,7 @@ async function rewrite(page, id, selector) {
   await host.locator('button[name=rewrite]').click();
   await host.locator('button[name=replace]:not([disabled])').waitFor({ timeout: 480_000 });
   const preview = await host.locator('.preview').textContent();
+  await shot(page, `rewrite-${selector.slice(1)}`);
   await host.locator('button[name=replace]').click();
   return preview.trim();
 }
@@ -192,6 +200,7 @@ test('model download: resumes with Range after a cut, verifies sha256, reports q
   server.state.cutAfter = 0;
   const before = server.state.requests.length;
   await item.locator('button[name=download]').click();
+  if (process.env.GLOSS_SCREENSHOTS) await item.locator('progress').waitFor({ timeout: 10_000 }).then(() => shot(panel, 'download'), () => {});
   await item.locator('.status', { hasText: /Downloaded/ }).waitFor({ timeout: 300_000 });
   const resumed = server.state.requests.slice(before).filter((r) => r.path === '/model.gguf');
   assert.ok(resumed.length > 0 && resumed.every((r) => !/^bytes=0-/.test(r.range)), `resume re-fetched the start: ${JSON.stringify(resumed.slice(0, 3))}`);

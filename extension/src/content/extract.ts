@@ -80,7 +80,7 @@ export function extractPage(doc: Document): PageText {
   const root = mainElement(doc);
   const lines: string[] = [];
   collect(root, lines);
-  let text = lines.filter((l, i) => l !== lines[i - 1]).join('\n');
-  if (!text) text = norm((root as HTMLElement).innerText ?? '');
+  // No fallback to the raw innerText: a page of menus alone has no text worth reading.
+  const text = lines.filter((l, i) => l !== lines[i - 1]).join('\n');
   return { title: norm(doc.title), url: doc.location?.href ?? '', text };
 }

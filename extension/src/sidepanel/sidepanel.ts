@@ -331,6 +331,16 @@ input.onkeydown = (ev) => {
     $<HTMLFormElement>('composer').requestSubmit();
   }
 };
+$<HTMLButtonElement>('summarize-page').onclick = async () => {
+  if (running) return;
+  try {
+    const page = await ask<PageText>({ type: 'page/text', tabId: boundTab });
+    await summarize(page.text, page.title);
+  } catch (e) {
+    engineStatus.textContent = (e as Error).message;
+    engineStatus.classList.add('error');
+  }
+};
 $<HTMLButtonElement>('new-chat').onclick = () => {
   if (running) return;
   current = newConversation();
