@@ -8,15 +8,17 @@ import path from 'node:path';
 const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json', '.css': 'text/css' };
 
 /**
- * Serves `root`. `routes` maps URL paths to files outside it. Options that tests flip
- * at run time: `cutAfter` (bytes: close the socket after sending that many bytes of a
- * body), `corrupt` (flip a byte in every body).
+ * Serves `root`. `routes` maps URL paths to files outside it. Knobs for tests:
+ * `cut(bytes)` makes the server die mid-transfer once that many more body bytes have gone
+ * out (connections dropped, later requests too) until `heal()`; `state.corrupt` flips a byte
+ * in the middle of every body.
  */
 export async function serve(root, routes = {}) {
-  const state = { requests: [], cutAfter: 0, corrupt: false };
+  const state = { requests: [], served: 0, limit: Infinity, corrupt: false };
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1');
     state.requests.push({ method: req.method, path: url.pathname, range: req.headers.range ?? null });
+    if (state.served >= state.limit) { req.socket.destroy(); return; }
     const file = routes[url.pathname] ?? path.join(root, decodeURIComponent(url.pathname));
     if (!path.resolve(file).startsWith(path.resolve(root)) && !Object.values(routes).includes(file)) {
       res.writeHead(403).end();
@@ -41,14 +43,16 @@ export async function serve(root, routes = {}) {
     let sent = 0;
     const stream = fs.createReadStream(file, { start, end, highWaterMark: 1 << 20 });
     stream.on('data', (chunk) => {
-      if (state.corrupt && sent === 0) { chunk = Buffer.from(chunk); chunk[0] ^= 0xff; }
-      if (state.cutAfter && sent + chunk.length > state.cutAfter) {
-        res.write(chunk.subarray(0, Math.max(0, state.cutAfter - sent)));
+      if (state.corrupt && sent === 0) { chunk = Buffer.from(chunk); chunk[chunk.length >> 1] ^= 0xff; }
+      if (state.served + chunk.length > state.limit) {
+        res.write(chunk.subarray(0, Math.max(0, state.limit - state.served)));
+        state.served = state.limit;
         stream.destroy();
         res.socket.destroy();
         return;
       }
       sent += chunk.length;
+      state.served += chunk.length;
       if (!res.write(chunk)) { stream.pause(); res.once('drain', () => stream.resume()); }
     });
     stream.on('end', () => res.end());
@@ -57,6 +61,8 @@ export async function serve(root, routes = {}) {
   const origin = `http://127.0.0.1:${server.address().port}`;
   return {
     origin, state,
+    cut: (bytes) => { state.limit = state.served + bytes; },
+    heal: () => { state.limit = Infinity; },
     close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }),
   };
 }

@@ -28,12 +28,17 @@ function partCount(total: number) {
   return Math.ceil(total / PART_BYTES);
 }
 
-/** Bytes already stored for `id`. */
-async function storedBytes(cache: Cache, id: string, total: number): Promise<number> {
+/** Indices of the parts of `id` already stored (one listing, however large the model). */
+async function storedParts(cache: Cache, id: string): Promise<Set<number>> {
+  const prefix = partKey(id, 0).slice(0, -1);
+  const parts = new Set<number>();
+  for (const req of await cache.keys()) if (req.url.startsWith(prefix)) parts.add(Number(req.url.slice(prefix.length)));
+  return parts;
+}
+
+function bytesOf(parts: Set<number>, total: number): number {
   let bytes = 0;
-  for (let n = 0; n < partCount(total); n++) {
-    if (await cache.match(partKey(id, n))) bytes += Math.min(PART_BYTES, total - n * PART_BYTES);
-  }
+  for (const n of parts) bytes += Math.max(0, Math.min(PART_BYTES, total - n * PART_BYTES));
   return bytes;
 }
 
@@ -100,7 +105,7 @@ export class ModelStore {
     const man = await readManifest(cache, m.id);
     if (!man) return { state: 'absent' };
     if (man.complete) return { state: 'installed', bytes: man.total };
-    return { state: 'partial', bytes: await storedBytes(cache, m.id, man.total), total: man.total };
+    return { state: 'partial', bytes: bytesOf(await storedParts(cache, m.id), man.total), total: man.total };
   }
 
   async state(engine: ModelsState['engine']): Promise<ModelsState> {
@@ -186,7 +191,8 @@ export class ModelStore {
       await probe.body?.cancel();
       man = { url: m.url, total: totalFromRange(probe), sha256: m.sha256, complete: false };
     }
-    const have = await storedBytes(cache, m.id, man.total);
+    const stored = await storedParts(cache, m.id);
+    const have = bytesOf(stored, man.total);
     const est = await navigator.storage.estimate();
     const needed = man.total - have;
     if ((est.quota ?? 0) - (est.usage ?? 0) < needed) throw quotaError(needed, est.usage ?? 0, est.quota ?? 0);
@@ -197,7 +203,7 @@ export class ModelStore {
     const t0 = performance.now();
     let fetched = 0;
     for (let n = 0; n < partCount(man.total); n++) {
-      if (await cache.match(partKey(m.id, n))) continue;
+      if (stored.has(n)) continue;
       const start = n * PART_BYTES;
       const end = Math.min(man.total, start + PART_BYTES) - 1;
       const r = await fetchOk(m.url, `bytes=${start}-${end}`, signal);
