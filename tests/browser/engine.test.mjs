@@ -1,7 +1,7 @@
 // The wasm engine in headless Chromium's WebGPU (SwiftShader) on the real SmolLM2 GGUF:
 // teacher-forced argmax agrees with llama.cpp wherever its margin is decisive, and with the
 // native engine on the same SwiftShader adapter; errors cross into JS typed.
-import { test } from 'node:test';
+import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -12,59 +12,54 @@ import { serve } from '../../scripts/lib/server.mjs';
 const golden = JSON.parse(fs.readFileSync(path.join(ROOT, 'tests/golden/smollm2-capital.json'), 'utf8'));
 const text = fs.readFileSync(path.join(ROOT, 'tests/prompts/capital.txt'), 'utf8');
 const topIds = golden.first_step_top.map(([id]) => id);
+let server, browser, page;
+
+before(async () => {
+  server = await serve(ROOT);
+  browser = await launch({ extension: false });
+  page = await browser.context.newPage();
+  await page.goto(`${server.origin}/tests/browser/engine-page.html`);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
 
 test('wasm engine: SmolLM2 teacher forcing in Chromium agrees with llama.cpp and native', { timeout: 900_000 }, async () => {
-  const server = await serve(ROOT);
-  const browser = await launch({ extension: false });
-  try {
-    const page = await browser.context.newPage();
-    await page.goto(`${server.origin}/tests/browser/engine-page.html`);
-    const got = await page.evaluate((a) => window.teacherForce(a), {
-      model: '/models/SmolLM2-135M-Instruct.Q4_1.gguf', text, continuation: golden.generated_ids, topIds,
-    });
-    // Browsers hide adapter names; headless Chromium here has only SwiftShader (a CPU adapter).
-    console.log(`adapter: ${JSON.stringify(got.adapter)}`);
-    assert.deepEqual(got.prompt, golden.prompt_ids, 'tokenization differs from llama.cpp');
-    let decisive = 0;
-    got.argmax.forEach((id, i) => {
-      if (golden.forced_margins[i] > 0.5) {
-        decisive++;
-        assert.equal(id, golden.forced_argmax[i], `argmax at position ${i} (llama.cpp margin ${golden.forced_margins[i]})`);
-      }
-    });
-    assert.ok(decisive >= got.argmax.length / 2);
+  const got = await page.evaluate((a) => window.teacherForce(a), {
+    model: '/models/SmolLM2-135M-Instruct.Q4_1.gguf', text, continuation: golden.generated_ids, topIds,
+  });
+  // Browsers hide adapter names; headless Chromium here has only SwiftShader (a CPU adapter).
+  console.log(`adapter: ${JSON.stringify(got.adapter)}`);
+  assert.deepEqual(got.prompt, golden.prompt_ids, 'tokenization differs from llama.cpp');
+  let decisive = 0;
+  got.argmax.forEach((id, i) => {
+    if (golden.forced_margins[i] > 0.5) {
+      decisive++;
+      assert.equal(id, golden.forced_argmax[i], `argmax at position ${i} (llama.cpp margin ${golden.forced_margins[i]})`);
+    }
+  });
+  assert.ok(decisive >= got.argmax.length / 2);
 
-    // The native engine on the same adapter (Chromium's SwiftShader Vulkan ICD).
-    const ids = [...golden.prompt_ids, ...golden.generated_ids];
-    const out = execFileSync(process.env.GLOSS_BIN ?? path.join(ROOT, 'target/release/gloss'), ['score', '--model', MODEL, '--ctx', '256', '--quiet',
-      '--tokens', ids.join(' '), '--prompt-len', String(golden.prompt_ids.length), '--top-ids', topIds.join(' ')], {
-      env: { ...process.env, VK_ICD_FILENAMES: '/usr/lib/chromium/vk_swiftshader_icd.json' }, encoding: 'utf8',
-    });
-    const native = JSON.parse(out.trim().split('\n').pop());
-    assert.deepEqual(got.argmax, native.argmax, 'wasm and native argmax differ');
-    const maxDiff = Math.max(...native.first_step.map((v, i) => Math.abs(v - got.firstStep[i])));
-    console.log(`wasm vs native first-step max |logit diff| over llama.cpp's top 64: ${maxDiff}`);
-    // Same kernels, same adapter: only the order of float additions may differ.
-    assert.ok(maxDiff < 0.05, `wasm and native first-step logits differ by ${maxDiff}`);
-  } finally {
-    await browser.close();
-    await server.close();
-  }
+  // The native engine on the same adapter (Chromium's SwiftShader Vulkan ICD).
+  const ids = [...golden.prompt_ids, ...golden.generated_ids];
+  const out = execFileSync(process.env.GLOSS_BIN ?? path.join(ROOT, 'target/release/gloss'), ['score', '--model', MODEL, '--ctx', '256', '--quiet',
+    '--tokens', ids.join(' '), '--prompt-len', String(golden.prompt_ids.length), '--top-ids', topIds.join(' ')], {
+    env: { ...process.env, VK_ICD_FILENAMES: '/usr/lib/chromium/vk_swiftshader_icd.json' }, encoding: 'utf8',
+  });
+  const native = JSON.parse(out.trim().split('\n').pop());
+  assert.deepEqual(got.argmax, native.argmax, 'wasm and native argmax differ');
+  const maxDiff = Math.max(...native.first_step.map((v, i) => Math.abs(v - got.firstStep[i])));
+  console.log(`wasm vs native first-step max |logit diff| over llama.cpp's top 64: ${maxDiff}`);
+  // Same kernels, same adapter: only the order of float additions may differ.
+  assert.ok(maxDiff < 0.05, `wasm and native first-step logits differ by ${maxDiff}`);
 });
 
 test('wasm engine: a truncated GGUF rejects with a typed GlossError', { timeout: 120_000 }, async () => {
-  const server = await serve(ROOT);
-  const browser = await launch({ extension: false });
-  try {
-    const page = await browser.context.newPage();
-    await page.goto(`${server.origin}/tests/browser/engine-page.html`);
-    const head = [...fs.readFileSync(MODEL).subarray(0, 4096)];
-    const err = await page.evaluate((b) => window.loadError(b), head);
-    assert.equal(err?.name, 'GlossError');
-    assert.equal(err.code, 'corrupt_model');
-    assert.match(err.message, /truncated|exceeds the file size/i);
-  } finally {
-    await browser.close();
-    await server.close();
-  }
+  const head = [...fs.readFileSync(MODEL).subarray(0, 4096)];
+  const err = await page.evaluate((b) => window.loadError(b), head);
+  assert.equal(err?.name, 'GlossError');
+  assert.equal(err.code, 'corrupt_model');
+  assert.match(err.message, /truncated|exceeds the file size/i);
 });

@@ -90,12 +90,18 @@ test('chat about the page: the reply streams, the page text is in the context', 
   await panel.close();
 });
 
-test('stop mid-stream ends the reply where it was', FLOW, async () => {
+/** A new panel asked for a long reply, returned once the reply's first text is showing. */
+async function longReplyStarted(prompt) {
   const panel = await openPanel();
   await settings(panel, { 'max-tokens': 200, temperature: 0 });
-  await panel.locator('#input').fill('Write a long story about a dragon who learns to bake bread.');
+  await panel.locator('#input').fill(prompt);
   await panel.locator('#send').click();
   await panel.waitForFunction(() => (document.querySelector('.msg.assistant:last-child .body')?.textContent ?? '').length > 0, null, { timeout: 480_000 });
+  return panel;
+}
+
+test('stop mid-stream ends the reply where it was', FLOW, async () => {
+  const panel = await longReplyStarted('Write a long story about a dragon who learns to bake bread.');
   await panel.locator('#send').click(); // now the Stop button
   const done = await status(panel, /^(Done|Stopped)/);
   assert.match(done, /^Stopped · \d+ tokens/);
@@ -105,11 +111,7 @@ test('stop mid-stream ends the reply where it was', FLOW, async () => {
 });
 
 test('closing the offscreen engine mid-generation gives a clear error, and the next request works', FLOW, async () => {
-  const panel = await openPanel();
-  await settings(panel, { 'max-tokens': 200, temperature: 0 });
-  await panel.locator('#input').fill('Write a long poem about the sea.');
-  await panel.locator('#send').click();
-  await panel.waitForFunction(() => (document.querySelector('.msg.assistant:last-child .body')?.textContent ?? '').length > 0, null, { timeout: 480_000 });
+  const panel = await longReplyStarted('Write a long poem about the sea.');
   await browser.worker.evaluate(() => chrome.offscreen.closeDocument());
   const err = await status(panel, /engine stopped|rror/, 60_000);
   assert.match(err, /engine stopped while working/);
