@@ -1,0 +1,256 @@
+//! `qwen2` (QKV biases) and `qwen3` (per-head Q/K RMSNorm) on small GGUF files written here,
+//! against a plain f32 CPU forward pass of the same weights: every position's logits, for a
+//! prompt longer than one prefill chunk (matmul path) and then one decode step (matvec path).
+
+mod common;
+
+use gloss_engine::gguf::writer::{write, TensorData};
+use gloss_engine::gguf::Value;
+use gloss_engine::quant::{dequantize, random_blocks, GgmlType};
+use gloss_engine::{Engine, Gguf, Options};
+
+const VOCAB: usize = 96;
+// K-quant rows hold whole 256-value super-blocks, so rows that are K-quantized are 256 long.
+const EMBD: usize = 256;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = 32;
+const FF: usize = 256;
+const LAYERS: usize = 2;
+const EPS: f32 = 1e-6;
+const ROPE_BASE: f32 = 10000.0;
+
+/// A tensor of random weights: its GGUF bytes and the f32 values they decode to.
+struct Weight {
+    data: TensorData,
+    values: Vec<f32>,
+}
+
+fn weight(name: &str, rows: usize, cols: usize, ty: GgmlType, seed: u64) -> Weight {
+    let bytes = random_blocks(ty, rows * cols / ty.block_size(), seed);
+    let mut values = Vec::new();
+    dequantize(ty, &bytes, &mut values);
+    let dims = if rows == 1 { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
+    Weight { data: TensorData { name: name.into(), dims, ty, bytes }, values }
+}
+
+/// Norm weights near 1, as in trained models (random ones would blow activations up).
+fn norm(name: &str, n: usize, seed: u64) -> Weight {
+    let mut w = weight(name, 1, n, GgmlType::F32, seed);
+    for v in &mut w.values {
+        *v = 1.0 + 0.1 * v.tanh();
+    }
+    w.data.bytes = w.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    w
+}
+
+struct Model {
+    arch: &'static str,
+    weights: Vec<Weight>,
+}
+
+impl Model {
+    fn new(arch: &'static str) -> Model {
+        let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+        let mut seed = 0;
+        let mut next = || {
+            seed += 1;
+            seed
+        };
+        let mut w = vec![weight("token_embd.weight", VOCAB, EMBD, GgmlType::F32, next())];
+        for l in 0..LAYERS {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            w.push(norm(&n("attn_norm.weight"), EMBD, next()));
+            // Mixed quant types, so the family test also crosses the dequantizing kernels.
+            w.push(weight(&n("attn_q.weight"), qd, EMBD, GgmlType::Q8_0, next()));
+            w.push(weight(&n("attn_k.weight"), kvd, EMBD, GgmlType::F16, next()));
+            w.push(weight(&n("attn_v.weight"), kvd, EMBD, GgmlType::Q8_0, next()));
+            w.push(weight(&n("attn_output.weight"), EMBD, qd, GgmlType::F32, next()));
+            if arch == "qwen2" {
+                w.push(weight(&n("attn_q.bias"), 1, qd, GgmlType::F32, next()));
+                w.push(weight(&n("attn_k.bias"), 1, kvd, GgmlType::F32, next()));
+                w.push(weight(&n("attn_v.bias"), 1, kvd, GgmlType::F32, next()));
+            } else {
+                w.push(norm(&n("attn_q_norm.weight"), HEAD_DIM, next()));
+                w.push(norm(&n("attn_k_norm.weight"), HEAD_DIM, next()));
+            }
+            w.push(norm(&n("ffn_norm.weight"), EMBD, next()));
+            w.push(weight(&n("ffn_gate.weight"), FF, EMBD, GgmlType::Q4_0, next()));
+            w.push(weight(&n("ffn_up.weight"), FF, EMBD, GgmlType::Q4_K, next()));
+            w.push(weight(&n("ffn_down.weight"), EMBD, FF, GgmlType::Q8_0, next()));
+        }
+        w.push(norm("output_norm.weight", EMBD, next()));
+        w.push(weight("output.weight", VOCAB, EMBD, GgmlType::Q6_K, next()));
+        Model { arch, weights: w }
+    }
+
+    fn get(&self, name: &str) -> &[f32] {
+        &self.weights.iter().find(|w| w.data.name == name).unwrap_or_else(|| panic!("no {name}")).values
+    }
+
+    fn gguf(&self) -> Vec<u8> {
+        let a = self.arch;
+        let md = vec![
+            ("general.architecture".to_string(), Value::String(a.into())),
+            (format!("{a}.block_count"), Value::U32(LAYERS as u32)),
+            (format!("{a}.embedding_length"), Value::U32(EMBD as u32)),
+            (format!("{a}.feed_forward_length"), Value::U32(FF as u32)),
+            (format!("{a}.attention.head_count"), Value::U32(HEADS as u32)),
+            (format!("{a}.attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+            (format!("{a}.attention.key_length"), Value::U32(HEAD_DIM as u32)),
+            (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(EPS)),
+            (format!("{a}.rope.freq_base"), Value::F32(ROPE_BASE)),
+            (format!("{a}.context_length"), Value::U32(256)),
+            ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
+            ("tokenizer.ggml.tokens".into(), Value::Array((0..VOCAB).map(|i| Value::String(format!("t{i}"))).collect())),
+            ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
+        ];
+        let tensors: Vec<TensorData> = self
+            .weights
+            .iter()
+            .map(|w| TensorData { name: w.data.name.clone(), dims: w.data.dims.clone(), ty: w.data.ty, bytes: w.data.bytes.clone() })
+            .collect();
+        write(&md, &tensors)
+    }
+
+    /// The reference: a straightforward f32 forward pass over all of `tokens`.
+    fn forward(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+        let embd = self.get("token_embd.weight");
+        let mut xs: Vec<Vec<f32>> = tokens.iter().map(|&t| embd[t as usize * EMBD..(t as usize + 1) * EMBD].to_vec()).collect();
+        for l in 0..LAYERS {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let (mut ks, mut vs, mut qs) = (Vec::new(), Vec::new(), Vec::new());
+            for (pos, x) in xs.iter().enumerate() {
+                let h = rmsnorm(x, self.get(&n("attn_norm.weight")));
+                let mut q = matvec(self.get(&n("attn_q.weight")), &h, qd);
+                let mut k = matvec(self.get(&n("attn_k.weight")), &h, kvd);
+                let mut v = matvec(self.get(&n("attn_v.weight")), &h, kvd);
+                if self.arch == "qwen2" {
+                    add(&mut q, self.get(&n("attn_q.bias")));
+                    add(&mut k, self.get(&n("attn_k.bias")));
+                    add(&mut v, self.get(&n("attn_v.bias")));
+                } else {
+                    for head in q.chunks_mut(HEAD_DIM) {
+                        head.copy_from_slice(&rmsnorm(head, self.get(&n("attn_q_norm.weight"))));
+                    }
+                    for head in k.chunks_mut(HEAD_DIM) {
+                        head.copy_from_slice(&rmsnorm(head, self.get(&n("attn_k_norm.weight"))));
+                    }
+                }
+                q.chunks_mut(HEAD_DIM).for_each(|head| rope_neox(head, pos));
+                k.chunks_mut(HEAD_DIM).for_each(|head| rope_neox(head, pos));
+                qs.push(q);
+                ks.push(k);
+                vs.push(v);
+            }
+            for (pos, x) in xs.iter_mut().enumerate() {
+                let mut attn = vec![0f32; qd];
+                for h in 0..HEADS {
+                    let kvh = h / (HEADS / KV_HEADS);
+                    let q = &qs[pos][h * HEAD_DIM..(h + 1) * HEAD_DIM];
+                    let scores: Vec<f32> = (0..=pos)
+                        .map(|j| dot(q, &ks[j][kvh * HEAD_DIM..(kvh + 1) * HEAD_DIM]) / (HEAD_DIM as f32).sqrt())
+                        .collect();
+                    let p = softmax(&scores);
+                    for (j, pj) in p.iter().enumerate() {
+                        for d in 0..HEAD_DIM {
+                            attn[h * HEAD_DIM + d] += pj * vs[j][kvh * HEAD_DIM + d];
+                        }
+                    }
+                }
+                add(x, &matvec(self.get(&n("attn_output.weight")), &attn, EMBD));
+                let h = rmsnorm(x, self.get(&n("ffn_norm.weight")));
+                let g = matvec(self.get(&n("ffn_gate.weight")), &h, FF);
+                let u = matvec(self.get(&n("ffn_up.weight")), &h, FF);
+                let act: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                add(x, &matvec(self.get(&n("ffn_down.weight")), &act, EMBD));
+            }
+        }
+        xs.iter()
+            .map(|x| matvec(self.get("output.weight"), &rmsnorm(x, self.get("output_norm.weight")), VOCAB))
+            .collect()
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+fn matvec(w: &[f32], x: &[f32], rows: usize) -> Vec<f32> {
+    (0..rows).map(|r| dot(&w[r * x.len()..(r + 1) * x.len()], x)).collect()
+}
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+fn rmsnorm(x: &[f32], w: &[f32]) -> Vec<f32> {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let s = 1.0 / (ms + EPS).sqrt();
+    x.iter().zip(w).map(|(v, w)| v * s * w).collect()
+}
+fn softmax(s: &[f32]) -> Vec<f32> {
+    let m = s.iter().copied().fold(f32::MIN, f32::max);
+    let e: Vec<f32> = s.iter().map(|v| (v - m).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
+}
+/// NeoX rope: rotates (i, i + d/2) by pos * base^(-2i/d).
+fn rope_neox(head: &mut [f32], pos: usize) {
+    let half = head.len() / 2;
+    for i in 0..half {
+        let theta = pos as f64 * (ROPE_BASE as f64).powf(-2.0 * i as f64 / head.len() as f64);
+        let (s, c) = (theta.sin() as f32, theta.cos() as f32);
+        let (a, b) = (head[i], head[i + half]);
+        head[i] = a * c - b * s;
+        head[i + half] = a * s + b * c;
+    }
+}
+
+fn check(arch: &'static str) {
+    let model = Model::new(arch);
+    let mut bytes = model.gguf();
+    let mut engine = pollster::block_on(async {
+        Gguf::read(&mut bytes).await.unwrap();
+        Engine::load(common::gpu(), &mut bytes, &Options { ctx: 64, max_batch: 8 }).await
+    })
+    .unwrap_or_else(|e| panic!("{arch}: {e}"));
+    assert_eq!(engine.info.architecture, arch);
+    // 21 tokens: two full 8-token prefill chunks and a partial one.
+    let tokens: Vec<u32> = (0..21u32).map(|i| (i * 37 + 5) % VOCAB as u32).collect();
+    let want = model.forward(&tokens);
+    let got = pollster::block_on(engine.score(&tokens)).unwrap();
+    let mut max_err = 0f32;
+    for (pos, row) in want.iter().enumerate() {
+        let scale = row.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1.0);
+        for (i, w) in row.iter().enumerate() {
+            let err = (got[pos * VOCAB + i] - w).abs() / scale;
+            max_err = max_err.max(err);
+            assert!(err < 2e-3, "{arch}: logit {i} at position {pos}: got {}, want {w}", got[pos * VOCAB + i]);
+        }
+    }
+    eprintln!("{arch}: max relative logit error over {} positions: {max_err:.2e}", tokens.len());
+    // Decode through the matvec path: one more token, greedy, must be the reference argmax.
+    let next = (tokens.len() as u32 * 37 + 5) % VOCAB as u32;
+    let all: Vec<u32> = tokens.iter().copied().chain([next]).collect();
+    let want_last = model.forward(&all).pop().unwrap();
+    let g = pollster::block_on(engine.generate(
+        &all,
+        &gloss_engine::GenerateOptions { max_tokens: 1, sampling: gloss_engine::Sampling::greedy(), stop: vec![] },
+        |_| gloss_engine::Flow::Continue,
+    ))
+    .unwrap();
+    // The chosen token is the reference's best, up to float rounding between near-equals.
+    let best = want_last.iter().copied().fold(f32::MIN, f32::max);
+    let chosen = want_last[g.tokens[0] as usize];
+    assert!(best - chosen <= 2e-3 * best.abs().max(1.0), "{arch}: greedy step chose a token {} below the best", best - chosen);
+}
+
+#[test]
+fn qwen2_matches_cpu_reference() {
+    check("qwen2");
+}
+
+#[test]
+fn qwen3_matches_cpu_reference() {
+    check("qwen3");
+}
