@@ -1,5 +1,6 @@
 //! `qwen2` (QKV biases) and `qwen3` (per-head Q/K RMSNorm) on small GGUF files written here,
-//! against a plain f32 CPU forward pass of the same weights: every position's logits, for a
+//! against a plain f32 CPU forward pass of the same weights (keys and values rounded to f16
+//! like the engine's KV cache): every position's logits, for a
 //! prompt longer than one prefill chunk (matmul path) and then one decode step (matvec path).
 
 mod common;
@@ -76,11 +77,11 @@ impl Model {
             }
             w.push(norm(&n("ffn_norm.weight"), EMBD, next()));
             w.push(weight(&n("ffn_gate.weight"), FF, EMBD, GgmlType::Q4_0, next()));
-            w.push(weight(&n("ffn_up.weight"), FF, EMBD, GgmlType::Q4_K, next()));
+            w.push(weight(&n("ffn_up.weight"), FF, EMBD, GgmlType::Q4K, next()));
             w.push(weight(&n("ffn_down.weight"), EMBD, FF, GgmlType::Q8_0, next()));
         }
         w.push(norm("output_norm.weight", EMBD, next()));
-        w.push(weight("output.weight", VOCAB, EMBD, GgmlType::Q6_K, next()));
+        w.push(weight("output.weight", VOCAB, EMBD, GgmlType::Q6K, next()));
         Model { arch, weights: w }
     }
 
@@ -141,6 +142,10 @@ impl Model {
                 }
                 q.chunks_mut(HEAD_DIM).for_each(|head| rope_neox(head, pos));
                 k.chunks_mut(HEAD_DIM).for_each(|head| rope_neox(head, pos));
+                // The KV cache holds f16, as llama.cpp's does by default.
+                let f16 = |x: &mut Vec<f32>| x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+                f16(&mut k);
+                f16(&mut v);
                 qs.push(q);
                 ks.push(k);
                 vs.push(v);
