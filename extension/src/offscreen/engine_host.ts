@@ -1,10 +1,10 @@
 // The engine host: one wasm engine, many clients. Requests from all ports wait in one
-// queue served fairly (round-robin across clients, FIFO within one), each cancellable
-// while queued or running. The model loads on first use and reloads when the user picks
+// fair queue (job_queue.ts), each cancellable while queued or running. The model loads on first use and reloads when the user picks
 // another.
 import init, { GlossEngine } from 'gloss-wasm';
 import { buildMessages, fitSource } from '../shared/prompts';
 import { ChatMessage, ContextUse, GenerationResult, GlossError, HostMessage, Task, toErrorInfo } from '../shared/protocol';
+import { FairQueue } from './job_queue';
 
 export interface Job {
   id: string;
@@ -23,8 +23,7 @@ function answerReserve(task: Task, context: number) {
 export class EngineHost {
   private engine: GlossEngine | null = null;
   private loadedId: string | null = null;
-  private queues = new Map<string, Job[]>();
-  private order: string[] = [];
+  private queue = new FairQueue<Job>();
   private running: Job | null = null;
   private wasmReady: Promise<unknown> | null = null;
 
@@ -41,9 +40,7 @@ export class EngineHost {
   }
 
   submit(job: Job) {
-    if (!this.queues.has(job.client)) this.queues.set(job.client, []);
-    this.queues.get(job.client)!.push(job);
-    if (!this.order.includes(job.client)) this.order.push(job.client);
+    this.queue.push(job);
     this.reportPositions();
     void this.pump();
   }
@@ -53,10 +50,8 @@ export class EngineHost {
       this.running.cancelled = true;
       return;
     }
-    const q = this.queues.get(client);
-    const i = q?.findIndex((j) => j.id === id) ?? -1;
-    if (q && i >= 0) {
-      const [job] = q.splice(i, 1);
+    const job = this.queue.remove(client, id);
+    if (job) {
       emit(job, { type: 'error', error: { code: 'cancelled', message: 'Cancelled before it started.' } });
       this.reportPositions();
     }
@@ -64,34 +59,17 @@ export class EngineHost {
 
   /** A client went away: drop its queued jobs and stop its running one. */
   dropClient(client: string) {
-    this.queues.delete(client);
-    this.order = this.order.filter((c) => c !== client);
+    this.queue.dropClient(client);
     if (this.running?.client === client) this.running.cancelled = true;
   }
 
-  private next(): Job | null {
-    for (let k = 0; k < this.order.length; k++) {
-      const client = this.order.shift()!;
-      const q = this.queues.get(client);
-      const job = q?.shift();
-      if (q && q.length) this.order.push(client); else this.queues.delete(client);
-      if (job) return job;
-    }
-    return null;
-  }
-
   private reportPositions() {
-    let position = 1;
-    // Fair order: the i-th job of every client before any client's (i+1)-th.
-    const lists = this.order.map((c) => this.queues.get(c) ?? []);
-    for (let i = 0; lists.some((l) => l[i]); i++) {
-      for (const l of lists) if (l[i]) emit(l[i], { type: 'status', state: 'queued', position: position++ });
-    }
+    this.queue.waiting().forEach((job, i) => emit(job, { type: 'status', state: 'queued', position: i + 1 }));
   }
 
   private async pump() {
     if (this.running) return;
-    const job = this.next();
+    const job = this.queue.next();
     if (!job) return;
     this.running = job;
     this.reportPositions();
