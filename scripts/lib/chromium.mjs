@@ -10,25 +10,39 @@ export const MODEL = path.join(ROOT, 'models/SmolLM2-135M-Instruct.Q4_1.gguf');
 
 const ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu', '--disable-dev-shm-usage'];
 
-/** A persistent context (extensions need one); `extension: false` for plain pages. */
+/**
+ * A persistent context (extensions need one); `extension: false` for plain pages.
+ * `restart()` closes the browser and starts it again on the same profile, as a user
+ * restarting Chrome would: extension storage and Cache Storage survive.
+ */
 export async function launch({ extension = true, headless = true } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'gloss-profile-'));
   const args = [...ARGS];
   if (extension) args.push(`--disable-extensions-except=${EXTENSION_DIR}`, `--load-extension=${EXTENSION_DIR}`);
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    headless,
-    viewport: headless ? { width: 420, height: 760 } : null,
-    args,
-    ignoreDefaultArgs: extension ? ['--disable-extensions'] : [],
-  });
-  let worker = null;
-  if (extension) {
-    worker = context.serviceWorkers()[0] ?? (await context.waitForEvent('serviceworker'));
-  }
-  const id = worker ? new URL(worker.url()).host : null;
-  return {
-    context, worker, id,
-    close: async () => { await context.close(); fs.rmSync(profile, { recursive: true, force: true }); },
+  const browser = {
+    context: null, worker: null, id: null,
+    async start() {
+      this.context = await chromium.launchPersistentContext(profile, {
+        executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+        headless,
+        viewport: headless ? { width: 420, height: 760 } : null,
+        args,
+        ignoreDefaultArgs: extension ? ['--disable-extensions'] : [],
+      });
+      if (extension) {
+        this.worker = this.context.serviceWorkers()[0] ?? (await this.context.waitForEvent('serviceworker'));
+        this.id = new URL(this.worker.url()).host;
+      }
+    },
+    async restart() {
+      await this.context.close();
+      await this.start();
+    },
+    async close() {
+      await this.context.close();
+      fs.rmSync(profile, { recursive: true, force: true });
+    },
   };
+  await browser.start();
+  return browser;
 }

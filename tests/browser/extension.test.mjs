@@ -190,15 +190,20 @@ async function addModel(panel, url, sha256) {
   return item;
 }
 
-test('model download: resumes with Range after a cut, verifies sha256, reports quota, then loads offline', FLOW, async () => {
-  const panel = await openPanel();
+test('model download: resumes with Range after a cut and a browser restart, verifies sha256, reports quota, then loads offline', FLOW, async () => {
+  let panel = await openPanel();
   await panel.locator('#show-models').click();
 
-  // The server dies after 20 MB: the parts already stored stay.
+  // The server dies after 20 MB: the parts already stored stay, across a browser restart.
   server.cut(20 << 20);
-  const item = await addModel(panel, `${server.origin}/model.gguf`, MODEL_SHA256);
+  let item = await addModel(panel, `${server.origin}/model.gguf`, MODEL_SHA256);
   await item.locator('button[name=download]').click();
   await item.locator('.status', { hasText: /interrupted/ }).waitFor({ timeout: 120_000 });
+  await browser.restart();
+  panel = await openPanel();
+  await panel.locator('#show-models').click();
+  item = panel.locator('#model-list li', { hasText: 'model.gguf' });
+  await item.locator('.status', { hasText: /Paused at 1[6-9]\.\d MB of 98\.4 MB/ }).waitFor({ timeout: 60_000 });
   server.heal();
   const before = server.state.requests.length;
   await item.locator('button[name=download]').click();
