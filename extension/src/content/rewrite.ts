@@ -3,6 +3,7 @@
 // "Replace" inserts the text with execCommand('insertText'), so the page sees real input
 // events and Ctrl+Z brings the original back. Injected on demand only.
 import { runTask, RunningTask } from '../shared/client';
+import { cleanReply } from '../shared/prompts';
 import type { RewriteOptions } from '../shared/protocol';
 
 type Field = HTMLInputElement | HTMLTextAreaElement | HTMLElement;
@@ -158,12 +159,12 @@ function openPanel() {
     go.textContent = 'Stop';
     const rewrite: RewriteOptions = { tone: tone.value as RewriteOptions['tone'], length: length.value as RewriteOptions['length'], format: format.value as RewriteOptions['format'], instruction: instruction.value };
     running = runTask({ kind: 'rewrite', text: target.text, rewrite, options: { max_tokens: rewriteBudget(target.text), sampling: { temperature: 0.3 } } }, {
-      onText: (t) => { result += t; preview.textContent = result; },
+      onText: (t) => { result += t; preview.textContent = cleanReply(result); },
       onStatus: (s, pos) => { status.textContent = s === 'queued' ? `Waiting (${pos} in line)…` : s === 'loading' ? 'Loading the model…' : 'Writing…'; },
     });
     try {
       const r = await running.result;
-      result = r.text.trim();
+      result = cleanReply(r.text);
       preview.textContent = result;
       status.textContent = r.stop_reason === 'cancelled' ? 'Stopped.' : 'Done. Replace the text, or rewrite again.';
       replace.disabled = !result;

@@ -65,6 +65,14 @@ export function sourceOf(task: Task): string {
   return task.kind === 'chat' ? task.page?.text ?? '' : task.text;
 }
 
+/**
+ * A reply without echoes of the source markers: small models often repeat the quoted
+ * block, markers included, and those must never reach a user's field or the panel.
+ */
+export function cleanReply(text: string): string {
+  return text.replace(/<{2,3}\s*(?:SOURCE|END)?\s*>{2,3}/g, '').trim();
+}
+
 export const TRUNCATION_MARK = '\n[… the rest was cut to fit the context window]';
 
 /**

@@ -5,6 +5,7 @@ import {
   ChatMessage, ContextUse, GenerateOptions, HostEvent, ModelsState, PageText, PendingSummary, SummarizeOptions, Task,
   fromExtensionPage,
 } from '../shared/protocol';
+import { cleanReply } from '../shared/prompts';
 import { renderMarkdown } from './markdown';
 
 interface Conversation {
@@ -155,7 +156,7 @@ async function stream(task: Task) {
       // Re-render at most once per frame: Markdown of a growing reply.
       frame ||= requestAnimationFrame(() => {
         frame = 0;
-        body.replaceChildren(renderMarkdown(reply.content));
+        body.replaceChildren(renderMarkdown(cleanReply(reply.content)));
         messagesEl.scrollTop = messagesEl.scrollHeight;
       });
     },
@@ -166,7 +167,7 @@ async function stream(task: Task) {
   });
   try {
     const r = await running.result;
-    reply.content = r.text.trim();
+    reply.content = cleanReply(r.text);
     const tps = r.tokens.length > 1 ? ` · ${(r.tokens.length / (r.decode_ms / 1000)).toFixed(1)} tok/s` : '';
     engineStatus.textContent = `${r.stop_reason === 'cancelled' ? 'Stopped' : 'Done'} · ${r.tokens.length} tokens${tps}`;
   } catch (e) {
