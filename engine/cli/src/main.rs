@@ -211,8 +211,12 @@ async fn bench(args: &Args) -> Result<()> {
         let mut next = prompt[n - 1];
         let t1 = now_ms();
         let mut ttft = 0.0;
+        let (mut encode_ms, mut wait_ms) = (0.0, 0.0);
         for i in 0..opts.max_tokens.min(engine.model.ctx - n) {
             next = engine.model.forward_and_sample(&[next], pos, None).await?;
+            let (e, w) = engine.model.last_step_ms.get();
+            encode_ms += e;
+            wait_ms += w;
             pos += 1;
             if i == 0 {
                 // Time to first token: the whole prompt's prefill plus the first decode step.
@@ -220,7 +224,8 @@ async fn bench(args: &Args) -> Result<()> {
             }
         }
         let decode_ms = now_ms() - t1;
-        rows.push(serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft));
+        let split = (encode_ms / gen as f64, wait_ms / gen as f64);
+        rows.push(serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft, split));
     }
     let out = format!("[{}]", rows.join(","));
     println!("{out}");
@@ -230,14 +235,17 @@ async fn bench(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: f64, ttft: f64) -> String {
+/// One JSON row; `split` is the mean per decode step of CPU encode+submit and GPU wait (ms).
+fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: f64, ttft: f64, split: (f64, f64)) -> String {
     format!(
-        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{}}}",
+        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{}}}",
         e.info.name,
         e.info.adapter.name,
         n as f64 / (prefill_ms / 1000.0),
         gen as f64 / (decode_ms / 1000.0),
         ttft,
+        split.0,
+        split.1,
         e.model.bytes_per_token,
         e.model.dispatches_per_token(),
         e.model.weight_bytes,

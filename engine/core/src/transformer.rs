@@ -280,6 +280,9 @@ pub struct Transformer {
     pub kv_bytes: u64,
     /// Bytes of weights read from memory per decoded token (the bandwidth floor).
     pub bytes_per_token: u64,
+    /// CPU time spent encoding and submitting the last sampled step, and time then spent
+    /// waiting for its id (benchmarks use these to tell CPU overhead from GPU work).
+    pub last_step_ms: std::cell::Cell<(f64, f64)>,
 }
 
 struct Builder<'a> {
@@ -571,6 +574,7 @@ impl Transformer {
             weight_bytes,
             kv_bytes,
             bytes_per_token,
+            last_step_ms: Default::default(),
         })
     }
 
@@ -660,6 +664,7 @@ impl Transformer {
             }
         }
         let n = tokens.len() as u32;
+        let t0 = crate::engine::now_ms();
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -669,7 +674,9 @@ impl Transformer {
         }
         enc.copy_buffer_to_buffer(&self.result, 0, &self.result_staging, 0, 4);
         self.gpu.queue.submit([enc.finish()]);
+        let t1 = crate::engine::now_ms();
         let bytes = self.gpu.read_mapped(&self.result_staging, 4).await?;
+        self.last_step_ms.set((t1 - t0, crate::engine::now_ms() - t1));
         let id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
         if id >= vocab {
             return Err(Error::Gpu(format!("sampler returned token {id} outside the vocabulary (non-finite logits?)")));
