@@ -301,9 +301,7 @@ impl Engine {
         }
         Ok(all)
     }
-}
 
-impl Engine {
     /// Perplexity of `text` by llama-perplexity's method: chunks of `n_ctx` tokens, each
     /// evaluated from scratch with its first token replaced by BOS (when the model adds
     /// one), scoring only the second half of each chunk. `progress` sees each chunk's

@@ -22,12 +22,16 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// A JS `Error` with `name = "GlossError"` and the engine's error `code`.
-fn js_error(e: Error) -> JsValue {
-    let err = js_sys::Error::new(&e.to_string());
+/// A JS `Error` with `name = "GlossError"` and a stable `code`.
+fn gloss_error(code: &str, message: &str) -> JsValue {
+    let err = js_sys::Error::new(message);
     err.set_name("GlossError");
-    let _ = js_sys::Reflect::set(&err, &"code".into(), &e.code().into());
+    let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
     err.into()
+}
+
+fn js_error(e: Error) -> JsValue {
+    gloss_error(e.code(), &e.to_string())
 }
 
 fn invalid(what: impl std::fmt::Display) -> JsValue {
@@ -92,10 +96,7 @@ pub struct GlossEngine {
 }
 
 fn busy() -> JsValue {
-    let err = js_sys::Error::new("the engine is busy with another request");
-    err.set_name("GlossError");
-    let _ = js_sys::Reflect::set(&err, &"code".into(), &"busy".into());
-    err.into()
+    gloss_error("busy", "the engine is busy with another request")
 }
 
 /// Runs `f` on the engine inside a promise, holding it exclusively until `f` finishes.
@@ -151,6 +152,12 @@ impl GlossEngine {
         self.info.clone()
     }
 
+    /// Runs a synchronous call on the engine (fails with `busy` while a promise holds it).
+    fn with_ref<R>(&self, f: impl FnOnce(&Engine) -> Result<R, JsValue>) -> Result<R, JsValue> {
+        let slot = self.inner.try_borrow().map_err(|_| busy())?;
+        f(slot.as_ref().ok_or_else(busy)?)
+    }
+
     /// Tokens in the KV cache from the last call (context accounting).
     #[wasm_bindgen(js_name = contextUsed)]
     pub fn context_used(&self) -> Result<usize, JsValue> {
@@ -161,9 +168,7 @@ impl GlossEngine {
     /// Ids of `text`; `parseSpecial` lets control tokens such as `<|im_start|>` through
     /// (only for trusted text).
     pub fn tokenize(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Uint32Array, JsValue> {
-        let slot = self.inner.try_borrow().map_err(|_| busy())?;
-        let engine = slot.as_ref().ok_or_else(busy)?;
-        let ids = engine.tokenizer.encode(text, add_bos, parse_special).map_err(js_error)?;
+        let ids = self.with_ref(|e| e.tokenizer.encode(text, add_bos, parse_special).map_err(js_error))?;
         Ok(Uint32Array::from(&ids[..]))
     }
 
@@ -171,9 +176,7 @@ impl GlossEngine {
     #[wasm_bindgen(js_name = countChatTokens)]
     pub fn count_chat_tokens(&self, messages: JsValue) -> Result<usize, JsValue> {
         let messages: Vec<Message> = serde_wasm_bindgen::from_value(messages).map_err(invalid)?;
-        let slot = self.inner.try_borrow().map_err(|_| busy())?;
-        let engine = slot.as_ref().ok_or_else(busy)?;
-        Ok(engine.chat_prompt(&messages).map_err(js_error)?.len())
+        self.with_ref(|e| Ok(e.chat_prompt(&messages).map_err(js_error)?.len()))
     }
 
     /// Replies to a conversation (`[{role, content}]`), streaming text to `on_text`.
@@ -182,25 +185,24 @@ impl GlossEngine {
         let parsed = serde_wasm_bindgen::from_value::<Vec<Message>>(messages)
             .map_err(invalid)
             .and_then(|m| Ok((m, from_js::<GenerateOptions>(options)?)));
+        let (messages, opts) = match parsed {
+            Ok(p) => p,
+            Err(e) => return Promise::reject(&e),
+        };
         with_engine(&self.inner, move |mut engine| async move {
-            let result = match parsed {
-                Ok((messages, opts)) => {
-                    engine.chat(&messages, &opts, stream_to(on_text)).await.map_err(js_error).and_then(|g| to_js(&g))
-                }
-                Err(e) => Err(e),
-            };
+            let result = engine.chat(&messages, &opts, stream_to(on_text)).await.map_err(js_error).and_then(|g| to_js(&g));
             (engine, result)
         })
     }
 
     /// Continues raw prompt ids (no template), streaming text to `on_text`.
     pub fn generate(&self, prompt: Vec<u32>, options: JsValue, on_text: Option<Function>) -> Promise {
-        let opts = from_js::<GenerateOptions>(options);
+        let opts = match from_js::<GenerateOptions>(options) {
+            Ok(o) => o,
+            Err(e) => return Promise::reject(&e),
+        };
         with_engine(&self.inner, move |mut engine| async move {
-            let result = match opts {
-                Ok(opts) => engine.generate(&prompt, &opts, stream_to(on_text)).await.map_err(js_error).and_then(|g| to_js(&g)),
-                Err(e) => Err(e),
-            };
+            let result = engine.generate(&prompt, &opts, stream_to(on_text)).await.map_err(js_error).and_then(|g| to_js(&g));
             (engine, result)
         })
     }

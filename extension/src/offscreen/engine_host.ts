@@ -1,6 +1,6 @@
 // The engine host: one wasm engine, many clients. Requests from all ports wait in one
-// fair queue (job_queue.ts), each cancellable while queued or running. The model loads on first use and reloads when the user picks
-// another.
+// fair queue (job_queue.ts), each cancellable while queued or running. The model loads on
+// first use and reloads when the user picks another.
 import init, { GlossEngine } from 'gloss-wasm';
 import { buildMessages, fitSource } from '../shared/prompts';
 import { ChatMessage, ContextUse, GenerationResult, GlossError, HostMessage, Task, toErrorInfo } from '../shared/protocol';
@@ -14,6 +14,8 @@ export interface Job {
   cancelled: boolean;
   seq: number;
 }
+
+const NOT_STARTED = 'Cancelled before it started.';
 
 /** Tokens kept free for the answer when fitting page text into the context. */
 function answerReserve(task: Task, context: number) {
@@ -52,7 +54,7 @@ export class EngineHost {
     }
     const job = this.queue.remove(client, id);
     if (job) {
-      emit(job, { type: 'error', error: { code: 'cancelled', message: 'Cancelled before it started.' } });
+      emit(job, { type: 'error', error: { code: 'cancelled', message: NOT_STARTED } });
       this.reportPositions();
     }
   }
@@ -107,7 +109,7 @@ export class EngineHost {
   }
 
   private async run(job: Job): Promise<GenerationResult> {
-    if (job.cancelled) throw new GlossError('cancelled', 'Cancelled before it started.');
+    if (job.cancelled) throw new GlossError('cancelled', NOT_STARTED);
     emit(job, { type: 'status', state: 'loading' });
     const engine = await this.ensureLoaded();
     const contextSize = engine.info().context as number;

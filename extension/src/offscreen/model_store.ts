@@ -13,8 +13,11 @@ const KEY_ROOT = 'https://gloss-cache.invalid/';
 
 interface Manifest { url: string; total: number; sha256?: string; complete: boolean }
 
-const partKey = (id: string, n: number) => `${KEY_ROOT}${encodeURIComponent(id)}/part-${n}`;
-const manifestKey = (id: string) => `${KEY_ROOT}${encodeURIComponent(id)}/manifest`;
+/** Every cache key of a model starts with this. */
+const keyPrefix = (id: string) => `${KEY_ROOT}${encodeURIComponent(id)}/`;
+const PART = 'part-';
+const partKey = (id: string, n: number) => `${keyPrefix(id)}${PART}${n}`;
+const manifestKey = (id: string) => `${keyPrefix(id)}manifest`;
 
 async function readManifest(cache: Cache, id: string): Promise<Manifest | null> {
   const r = await cache.match(manifestKey(id));
@@ -30,7 +33,7 @@ function partCount(total: number) {
 
 /** Indices of the parts of `id` already stored (one listing, however large the model). */
 async function storedParts(cache: Cache, id: string): Promise<Set<number>> {
-  const prefix = partKey(id, 0).slice(0, -1);
+  const prefix = keyPrefix(id) + PART;
   const parts = new Set<number>();
   for (const req of await cache.keys()) if (req.url.startsWith(prefix)) parts.add(Number(req.url.slice(prefix.length)));
   return parts;
@@ -151,7 +154,7 @@ export class ModelStore {
 
   private async removeData(id: string) {
     const cache = await caches.open(CACHE);
-    const prefix = `${KEY_ROOT}${encodeURIComponent(id)}/`;
+    const prefix = keyPrefix(id);
     for (const req of await cache.keys()) if (req.url.startsWith(prefix)) await cache.delete(req);
   }
 
@@ -172,8 +175,10 @@ export class ModelStore {
       await this.fetchParts(m, controller.signal, progress);
     } catch (e) {
       const info = controller.signal.aborted ? { code: 'cancelled', message: 'Download paused; it resumes from here.' } : toErrorInfo(e);
-      if (info.code === 'quota' || info.code === 'corrupt_download') await this.removeData(id);
-      if (info.code !== 'cancelled') this.failures.set(id, { ...info, bytes: info.code === 'quota' || info.code === 'corrupt_download' ? 0 : progress.bytes, total: progress.total });
+      // Data that can never complete is removed; an interrupted download keeps its parts.
+      const discarded = info.code === 'quota' || info.code === 'corrupt_download';
+      if (discarded) await this.removeData(id);
+      if (info.code !== 'cancelled') this.failures.set(id, { ...info, bytes: discarded ? 0 : progress.bytes, total: progress.total });
       throw new GlossError(info.code, info.message);
     } finally {
       this.downloads.delete(id);

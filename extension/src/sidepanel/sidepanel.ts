@@ -134,6 +134,11 @@ function showContext(c: ContextUse | undefined) {
   meter.title = c.truncated ? 'The page is longer than the model\'s context window; only its beginning was used.' : '';
 }
 
+function showError(e: unknown) {
+  engineStatus.textContent = (e as Error).message;
+  engineStatus.classList.add('error');
+}
+
 function setBusy(busy: boolean) {
   sendBtn.textContent = busy ? 'Stop' : 'Send';
   sendBtn.name = busy ? 'stop' : 'send';
@@ -171,8 +176,7 @@ async function stream(task: Task) {
     const tps = r.tokens.length > 1 ? ` · ${(r.tokens.length / (r.decode_ms / 1000)).toFixed(1)} tok/s` : '';
     engineStatus.textContent = `${r.stop_reason === 'cancelled' ? 'Stopped' : 'Done'} · ${r.tokens.length} tokens${tps}`;
   } catch (e) {
-    engineStatus.textContent = (e as Error).message;
-    engineStatus.classList.add('error');
+    showError(e);
   } finally {
     running = null;
     setBusy(false);
@@ -189,8 +193,7 @@ async function send(text: string) {
     try {
       current.page = await ask<PageText>({ type: 'page/text', tabId: boundTab });
     } catch (e) {
-      engineStatus.textContent = (e as Error).message;
-      engineStatus.classList.add('error');
+      showError(e);
       return;
     }
   }
@@ -290,8 +293,7 @@ async function modelAction(req: Parameters<typeof ask>[0]) {
   try {
     renderModels(await ask<ModelsState>(req));
   } catch (e) {
-    engineStatus.textContent = (e as Error).message;
-    engineStatus.classList.add('error');
+    showError(e);
   }
 }
 
@@ -338,8 +340,7 @@ $<HTMLButtonElement>('summarize-page').onclick = async () => {
     const page = await ask<PageText>({ type: 'page/text', tabId: boundTab });
     await summarize(page.text, page.title);
   } catch (e) {
-    engineStatus.textContent = (e as Error).message;
-    engineStatus.classList.add('error');
+    showError(e);
   }
 };
 $<HTMLButtonElement>('new-chat').onclick = () => {
@@ -369,13 +370,13 @@ $<HTMLFormElement>('add-model').onsubmit = async (ev) => {
     (ev.target as HTMLFormElement).reset();
     await modelAction({ type: 'models/list' });
   } catch (e) {
-    engineStatus.textContent = (e as Error).message;
-    engineStatus.classList.add('error');
+    showError(e);
   }
 };
-for (const id of ['temperature', 'max-tokens', 'top-p', 'summary-type', 'summary-length', 'summary-format']) {
+const SETTINGS = ['temperature', 'max-tokens', 'top-p', 'summary-type', 'summary-length', 'summary-format'];
+for (const id of SETTINGS) {
   $<HTMLInputElement>(id).onchange = () => {
-    const settings = Object.fromEntries(['temperature', 'max-tokens', 'top-p', 'summary-type', 'summary-length', 'summary-format'].map((k) => [k, $<HTMLInputElement>(k).value]));
+    const settings = Object.fromEntries(SETTINGS.map((k) => [k, $<HTMLInputElement>(k).value]));
     void chrome.storage.local.set({ settings });
   };
 }
