@@ -3,15 +3,23 @@
 // of the row, so every quant type decodes whole aligned groups of 4. GPUs use 32 lanes and
 // a workgroup reduction; CPU adapters (lavapipe, SwiftShader), where barriers are costly,
 // use 1 lane per row and no barrier at all.
+//
+// Fusions that save a dispatch each in the decode step:
+// - NORM: x is RMS-normalised with weights `norm_w` on the fly. norm(x)·w = inv_rms · (x∘g)·w,
+//   and the lanes of a row together read all of x, so the sum of squares rides along in the
+//   same reduction as the dot product.
+// - GLU: the weight stacks gate rows over up rows; a row computes both and writes
+//   act(gate) * up (SwiGLU / GeGLU).
 
 struct WParams {
     k: u32,            // row length
-    rows: u32,         // rows in this weight part
+    rows: u32,         // output rows of this dispatch (with GLU: gate rows)
     scale_base: u32,   // word offset of separated f16 scales
     out_offset: u32,   // first output row this part writes (parts split large tensors)
-    out_stride: u32,   // y row stride (total rows of the full tensor)
-    flags: u32,        // 1: accumulate into y, 2: add bias, 4: only the step's last token
-    _p0: u32,
+    out_stride: u32,   // y row stride
+    flags: u32,        // 1: accumulate into y, 2: add bias, 4: only the step's last token,
+                       // 8: NORM, 16: GLU; act in bits 8..
+    eps: f32,
     _p1: u32,
 }
 struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
@@ -22,10 +30,13 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<uniform> wp: WParams;
 @group(0) @binding(5) var<uniform> step: Step;
+@group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
+
+#include activation
 
 override LANES: u32 = 32u;
 override ROWS_PER_WG: u32 = 256u / LANES;
-var<workgroup> partial: array<f32, 256>;
+var<workgroup> partial: array<vec3<f32>, 256>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -38,12 +49,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         t = step.n_tok - 1u;
         y_row = 0u;
     }
-    var acc = 0.0;
+    let norm = (wp.flags & 8u) != 0u;
+    let glu = (wp.flags & 16u) != 0u;
+    // x: dot with the row; y: dot with the up row (GLU); z: sum of squares of x (NORM).
+    var acc = vec3<f32>(0.0);
     if (r < wp.rows) {
         let xb = t * (wp.k / 4u);
         for (var u = lane * 32u; u < wp.k; u += LANES * 32u) {
             for (var j = 0u; j < 32u; j += 4u) {
-                acc += dot(load4(r, u + j), x[xb + (u + j) / 4u]);
+                var xv = x[xb + (u + j) / 4u];
+                if (norm) {
+                    acc.z += dot(xv, xv);
+                    xv *= norm_w[(u + j) / 4u];
+                }
+                acc.x += dot(load4(r, u + j), xv);
+                if (glu) { acc.y += dot(load4(r + wp.rows, u + j), xv); }
             }
         }
     }
@@ -59,8 +79,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         acc = partial[lid];
     }
     if (lane == 0u && r < wp.rows) {
+        if (norm) { acc *= inverseSqrt(acc.z / f32(wp.k) + wp.eps); }
         let o = wp.out_offset + r;
-        var v = acc;
+        var v = acc.x;
+        if (glu) { v = activation(v, wp.flags >> 8u) * acc.y; }
         if ((wp.flags & 2u) != 0u) { v += bias[o]; }
         let yi = y_row * wp.out_stride + o;
         if ((wp.flags & 1u) != 0u) { v += y[yi]; }

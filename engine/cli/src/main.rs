@@ -225,7 +225,12 @@ async fn bench(args: &Args) -> Result<()> {
         }
         let decode_ms = now_ms() - t1;
         let split = (encode_ms / gen as f64, wait_ms / gen as f64);
-        rows.push(serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft, split));
+        let mut row = serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft, split);
+        if let Some(ops) = engine.model.profile_decode(next, pos).await? {
+            row.pop();
+            row.push_str(&format!(",\"kernels\":{}}}", kernel_profile(&ops)));
+        }
+        rows.push(row);
     }
     let out = format!("[{}]", rows.join(","));
     println!("{out}");
@@ -233,6 +238,24 @@ async fn bench(args: &Args) -> Result<()> {
         std::fs::write(f, &out).map_err(|e| Error::Io(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Per-op GPU times of one decode step summed by label, slowest first, as a JSON array of
+/// `[label, ops, ms]`.
+fn kernel_profile(ops: &[(String, f64)]) -> String {
+    let mut by_label: Vec<(&str, usize, f64)> = Vec::new();
+    for (label, ms) in ops {
+        match by_label.iter_mut().find(|e| e.0 == label) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += ms;
+            }
+            None => by_label.push((label, 1, *ms)),
+        }
+    }
+    by_label.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let items: Vec<String> = by_label.iter().map(|(l, n, ms)| format!("[\"{l}\",{n},{ms:.4}]")).collect();
+    format!("[{}]", items.join(","))
 }
 
 /// One JSON row; `split` is the mean per decode step of CPU encode+submit and GPU wait (ms).

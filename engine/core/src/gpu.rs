@@ -22,17 +22,31 @@ pub enum Kernel {
     MatMul(GgmlType),
     Embed(GgmlType),
     RmsNorm,
-    Rope,
-    KvStore,
+    RopeKv,
     Attention,
+    AttentionCombine,
     Glu,
     ArgmaxPartial,
     ArgmaxFinal,
     Sample,
 }
 
+/// A shader's text with `#include NAME` lines replaced by the shared WGSL they name.
+fn compose(src: &str) -> String {
+    src.lines()
+        .map(|line| match line.strip_prefix("#include ") {
+            Some("quant") => include_str!("../../../shaders/quant.wgsl"),
+            Some("activation") => include_str!("../../../shaders/activation.wgsl"),
+            Some(other) => panic!("unknown WGSL include `{other}`"),
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Kernel {
     fn source(self) -> (String, &'static str) {
+        // Weight kernels get the dequantizer of their type as `load4`.
         let quant = |body: &str, ty: GgmlType| {
             let f = match ty {
                 GgmlType::F32 => "load4_f32",
@@ -46,36 +60,34 @@ impl Kernel {
                 GgmlType::Q5K => "load4_q5_k",
                 GgmlType::Q6K => "load4_q6_k",
             };
-            format!(
-                "{body}\n{}\nfn load4(r: u32, k: u32) -> vec4<f32> {{ return {f}(r, k); }}\n",
-                include_str!("../../../shaders/quant.wgsl")
-            )
+            format!("{}\n#include quant\nfn load4(r: u32, k: u32) -> vec4<f32> {{ return {f}(r, k); }}\n", body)
         };
-        match self {
+        let (src, entry) = match self {
             Kernel::MatVec(t) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
             Kernel::MatMul(t) => (quant(include_str!("../../../shaders/matmul.wgsl"), t), "main"),
             Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
-            Kernel::Rope => (include_str!("../../../shaders/rope.wgsl").into(), "main"),
-            Kernel::KvStore => (include_str!("../../../shaders/kv_cache.wgsl").into(), "main"),
-            Kernel::Attention => (include_str!("../../../shaders/attention.wgsl").into(), "main"),
+            Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
+            Kernel::Attention => (include_str!("../../../shaders/attention.wgsl").into(), "partial"),
+            Kernel::AttentionCombine => (include_str!("../../../shaders/attention.wgsl").into(), "combine"),
             Kernel::Glu => (include_str!("../../../shaders/glu.wgsl").into(), "main"),
             Kernel::ArgmaxPartial => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_partial"),
             Kernel::ArgmaxFinal => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_final"),
             Kernel::Sample => (include_str!("../../../shaders/sample.wgsl").into(), "sample"),
-        }
+        };
+        (compose(&src), entry)
     }
 
     pub fn bindings(self) -> &'static [Bind] {
         use Bind::*;
         match self {
-            Kernel::MatVec(_) | Kernel::MatMul(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform],
+            Kernel::MatVec(_) | Kernel::MatMul(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform, Read],
             Kernel::Embed(_) => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform],
-            Kernel::Rope => &[ReadWrite, Read, Uniform, Uniform],
-            Kernel::KvStore => &[Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
-            Kernel::Attention => &[Read, Read, Read, ReadWrite, Uniform, Uniform],
-            Kernel::Glu => &[ReadWrite, Read, Uniform, Uniform],
+            Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
+            // One layout for both entry points, so they share a bind group.
+            Kernel::Attention | Kernel::AttentionCombine => &[Read, Read, Read, ReadWrite, Uniform, Uniform, ReadWrite],
+            Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],
             Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::Sample => {
                 &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform]
             }
@@ -139,7 +151,7 @@ impl Gpu {
             )));
         }
         let features = adapter.features();
-        let wanted = features & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        let wanted = features & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("gloss"),

@@ -17,6 +17,8 @@ const UPLOAD_CHUNK: usize = 8 << 20;
 const MATMUL_ROWS: u32 = 64;
 const MATMUL_TOKENS: u32 = 32;
 const ARGMAX_CHUNK: u32 = 256 * 16;
+/// Attention splits the keys into runs of at least this many positions (attention.wgsl).
+const MIN_KEYS_PER_SPLIT: usize = 32;
 pub const MAX_PENALTIES: usize = 1024;
 
 #[repr(C)]
@@ -24,7 +26,9 @@ pub const MAX_PENALTIES: usize = 1024;
 struct Step {
     n_tok: u32,
     pos0: u32,
-    _p: [u32; 2],
+    /// Attention's key splits per token and positions per split (attention.wgsl).
+    splits: u32,
+    chunk: u32,
 }
 
 #[repr(C)]
@@ -36,11 +40,15 @@ struct WParams {
     out_offset: u32,
     out_stride: u32,
     flags: u32,
-    _p: [u32; 2],
+    eps: f32,
+    _p: u32,
 }
 const ACCUMULATE: u32 = 1;
 const BIAS: u32 = 2;
 const LAST_TOKEN: u32 = 4;
+const NORM: u32 = 8;
+/// Gate and up stacked; the activation goes in bits 8.. of the flags.
+const GLU: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -64,11 +72,15 @@ struct NParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct RParams {
-    n_heads: u32,
+struct PParams {
+    n_head: u32,
+    n_kv: u32,
     head_dim: u32,
     n_rot: u32,
-    neox: u32,
+    stride: u32,
+    flags: u32,
+    eps: f32,
+    _p: u32,
 }
 
 #[repr(C)]
@@ -79,7 +91,8 @@ struct AParams {
     head_dim: u32,
     window: u32,
     scale: f32,
-    _p: [u32; 3],
+    q_stride: u32,
+    _p: [u32; 2],
 }
 
 #[repr(C)]
@@ -126,11 +139,31 @@ pub struct Matrix {
 
 /// Streams a 2-D weight from the file into GPU buffers in the kernels' layout.
 pub async fn upload_matrix(gpu: &Gpu, src: &mut impl ByteSource, t: &TensorInfo) -> Result<Matrix> {
-    let (rows, k) = t.rows_cols();
-    let (rows, k) = (rows as usize, k as usize);
-    let ty = t.ty;
+    upload_stacked(gpu, src, &[t]).await
+}
+
+/// Whether `ts` can be stacked into one matrix: one quant type, one row length, and (for
+/// the separated f16 scales, two to a word) an even block count in all but the last.
+pub fn stackable(ts: &[&TensorInfo]) -> bool {
+    let (ty, k) = (ts[0].ty, ts[0].rows_cols().1);
+    ts.iter().all(|t| t.ty == ty && t.rows_cols().1 == k)
+        && ts[..ts.len() - 1].iter().all(|t| {
+            let (rows, k) = t.rows_cols();
+            (rows * k / ty.block_size() as u64) % 2 == 0
+        })
+}
+
+/// Streams weights with one quant type and row length into GPU buffers as one matrix whose
+/// rows are theirs in order (q, k and v as one; gate over up), so that one dispatch
+/// applies them all.
+pub async fn upload_stacked(gpu: &Gpu, src: &mut impl ByteSource, ts: &[&TensorInfo]) -> Result<Matrix> {
+    debug_assert!(stackable(ts));
+    let t0 = ts[0];
+    let k = t0.rows_cols().1 as usize;
+    let rows: usize = ts.iter().map(|t| t.rows_cols().0 as usize).sum();
+    let ty = t0.ty;
     if k % 32 != 0 {
-        return Err(Error::Unsupported(format!("tensor `{}` has row length {k}, not a multiple of 32", t.name)));
+        return Err(Error::Unsupported(format!("tensor `{}` has row length {k}, not a multiple of 32", t0.name)));
     }
     let blocks_per_row = k / ty.block_size();
     let row_bytes = blocks_per_row * ty.block_bytes();
@@ -140,7 +173,7 @@ pub async fn upload_matrix(gpu: &Gpu, src: &mut impl ByteSource, t: &TensorInfo)
         rows_per_part = rows_per_part.div_ceil(2);
     }
     if rows_per_part == 0 || (ty.gpu_words(blocks_per_row) * 4) as u64 > gpu.max_binding() {
-        return Err(Error::Limits(format!("one row of `{}` exceeds maxStorageBufferBindingSize", t.name)));
+        return Err(Error::Limits(format!("one row of `{}` exceeds maxStorageBufferBindingSize", t0.name)));
     }
     if rows_per_part < rows && rows_per_part % 2 == 1 {
         rows_per_part += 1;
@@ -149,18 +182,26 @@ pub async fn upload_matrix(gpu: &Gpu, src: &mut impl ByteSource, t: &TensorInfo)
     if chunk_rows % 2 == 1 && chunk_rows > 1 {
         chunk_rows -= 1;
     }
+    // Stacked row -> (tensor, its row): the first stacked row of each tensor.
+    let starts: Vec<usize> = ts.iter().scan(0, |acc, t| {
+        let s = *acc;
+        *acc += t.rows_cols().0 as usize;
+        Some(s)
+    }).collect();
     let mut parts = Vec::new();
     let mut row0 = 0;
     while row0 < rows {
         let n = rows_per_part.min(rows - row0);
         let n_blocks = n * blocks_per_row;
         let bodies_words = n_blocks * ty.body_words();
-        let buffer = gpu.storage(&t.name, (ty.gpu_words(n_blocks) * 4) as u64)?;
+        let buffer = gpu.storage(&t0.name, (ty.gpu_words(n_blocks) * 4) as u64)?;
         let mut r = 0;
         while r < n {
-            let m = chunk_rows.min(n - r);
-            let offset = t.offset + ((row0 + r) * row_bytes) as u64;
-            let bytes = src.read_at(offset, m * row_bytes).await?;
+            let i = starts.iter().rposition(|&s| s <= row0 + r).unwrap();
+            let (t, in_t) = (ts[i], row0 + r - starts[i]);
+            // A chunk never crosses from one tensor into the next.
+            let m = chunk_rows.min(n - r).min(t.rows_cols().0 as usize - in_t);
+            let bytes = src.read_at(t.offset + (in_t * row_bytes) as u64, m * row_bytes).await?;
             if bytes.len() != m * row_bytes {
                 return Err(Error::Corrupt(format!("file ended inside tensor `{}`", t.name)));
             }
@@ -185,7 +226,8 @@ pub async fn upload_matrix(gpu: &Gpu, src: &mut impl ByteSource, t: &TensorInfo)
         parts.push(WeightPart { buffer, row0: row0 as u32, rows: n as u32, scale_base: bodies_words as u32 });
         row0 += n;
     }
-    Ok(Matrix { name: t.name.clone(), ty, rows, k, parts })
+    let name = ts.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join("+");
+    Ok(Matrix { name, ty, rows, k, parts })
 }
 
 /// Reads a small tensor (norm weights, biases, rope factors) as f32 on the CPU.
@@ -209,10 +251,14 @@ enum Grid {
     Elems(u32),
     /// A linear layer: matvec for one token, tiled matmul for more.
     Linear { rows: u32, last_only: bool },
+    /// Attention's (kv heads, key splits, tokens).
+    Attention(u32),
     Fixed(u32),
 }
 
 struct Op {
+    /// What the op computes, for profiles ("MatVec(Q4_1) attn_q", "Attention").
+    label: String,
     kernel: Kernel,
     /// The matmul variant for Grid::Linear.
     alt: Option<Kernel>,
@@ -224,12 +270,13 @@ struct Activations {
     x: wgpu::Buffer,
     xn: wgpu::Buffer,
     tmp: wgpu::Buffer,
-    q: wgpu::Buffer,
-    k: wgpu::Buffer,
-    v: wgpu::Buffer,
+    /// Per token: q, k and v side by side.
+    qkv: wgpu::Buffer,
+    part: wgpu::Buffer,
     att: wgpu::Buffer,
-    gate: wgpu::Buffer,
-    up: wgpu::Buffer,
+    /// Per token: gate and up side by side.
+    gu: wgpu::Buffer,
+    ff: wgpu::Buffer,
 }
 
 /// What a forward pass returns.
@@ -263,9 +310,14 @@ pub struct Transformer {
     pub max_batch: usize,
     /// Tokens whose logits one `Logits::All` pass can return.
     pub logit_rows: usize,
-    body: Vec<Op>,
+    /// Attention partial results the scratch buffer holds: tokens x key splits.
+    split_slots: usize,
+    body_prefill: Vec<Op>,
+    body_decode: Vec<Op>,
     head_last: Vec<Op>,
     head_all: Vec<Op>,
+    /// The decode path's head, with the final norm fused.
+    head_decode: Vec<Op>,
     greedy: Vec<Op>,
     sample: Vec<Op>,
     step: wgpu::Buffer,
@@ -292,29 +344,61 @@ struct Builder<'a> {
     ops: Vec<Op>,
 }
 
+/// Where a linear layer reads and writes, and what it fuses.
+struct Lin<'a> {
+    x: &'a wgpu::Buffer,
+    y: &'a wgpu::Buffer,
+    /// First output column in y's rows, and floats per token row of y.
+    out_offset: usize,
+    out_stride: usize,
+    bias: Option<&'a wgpu::Buffer>,
+    /// RMSNorm weights applied to x on the fly (decode path), with its epsilon.
+    norm: Option<(&'a wgpu::Buffer, f32)>,
+    flags: u32,
+}
+
+/// "attn_q+attn_k" for blk.N.attn_q.weight+blk.N.attn_k.weight: profiles sum over layers.
+fn role(name: &str) -> String {
+    let one = |n: &str| {
+        let n = n.trim_end_matches(".weight");
+        match n.strip_prefix("blk.") {
+            Some(r) => r.split_once('.').map_or(r, |(_, r)| r).to_string(),
+            None => n.to_string(),
+        }
+    };
+    name.split('+').map(one).collect::<Vec<_>>().join("+")
+}
+
 impl Builder<'_> {
-    fn linear(&mut self, m: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, flags: u32) {
+    fn linear(&mut self, m: &Matrix, at: &Lin) {
+        let glu = at.flags & GLU != 0;
         for p in &m.parts {
-            let flags = flags | if bias.is_some() { BIAS } else { 0 };
+            let mut flags = at.flags | if at.bias.is_some() { BIAS } else { 0 };
+            flags |= if at.norm.is_some() { NORM } else { 0 };
             let params = self.gpu.uniform(
                 "wparams",
                 &WParams {
                     k: m.k as u32,
-                    rows: p.rows,
+                    rows: if glu { p.rows / 2 } else { p.rows },
                     scale_base: p.scale_base,
-                    out_offset: p.row0,
-                    out_stride: m.rows as u32,
+                    out_offset: (at.out_offset + p.row0 as usize) as u32,
+                    out_stride: at.out_stride as u32,
                     flags,
-                    _p: [0; 2],
+                    eps: at.norm.map_or(0.0, |n| n.1),
+                    _p: 0,
                 },
             );
             let kernel = Kernel::MatVec(m.ty);
-            let bg = self.gpu.bind_group(kernel, &[&p.buffer, x, y, bias.unwrap_or(self.dummy), &params, self.step]);
+            let bind = [&p.buffer, at.x, at.y, at.bias.unwrap_or(self.dummy), &params, self.step, at.norm.map_or(self.dummy, |n| n.0)];
+            let bg = self.gpu.bind_group(kernel, &bind);
+            let fused = if at.norm.is_some() { "norm+" } else { "" };
+            let glu_name = if glu { "+glu" } else { "" };
             self.ops.push(Op {
+                label: format!("{kernel:?} {fused}{}{glu_name}", role(&m.name)),
                 kernel,
                 alt: Some(Kernel::MatMul(m.ty)),
                 bind_group: bg,
-                grid: Grid::Linear { rows: p.rows, last_only: flags & LAST_TOKEN != 0 },
+                grid: Grid::Linear { rows: if glu { p.rows / 2 } else { p.rows }, last_only: flags & LAST_TOKEN != 0 },
             });
         }
     }
@@ -323,12 +407,12 @@ impl Builder<'_> {
         let flags = (accumulate as u32) | if x.is_none() { 2 } else { 0 };
         let params = self.gpu.uniform("nparams", &NParams { n: n as u32, rows_per_tok: rows_per_tok as u32, flags, eps });
         let bg = self.gpu.bind_group(Kernel::RmsNorm, &[x.unwrap_or(self.dummy), w, y, &params, self.step]);
-        self.ops.push(Op { kernel: Kernel::RmsNorm, alt: None, bind_group: bg, grid: Grid::Rows(rows_per_tok as u32) });
+        self.ops.push(Op { label: "RmsNorm".into(), kernel: Kernel::RmsNorm, alt: None, bind_group: bg, grid: Grid::Rows(rows_per_tok as u32) });
     }
 
     fn op(&mut self, kernel: Kernel, buffers: &[&wgpu::Buffer], grid: Grid) {
         let bg = self.gpu.bind_group(kernel, buffers);
-        self.ops.push(Op { kernel, alt: None, bind_group: bg, grid });
+        self.ops.push(Op { label: format!("{kernel:?}"), kernel, alt: None, bind_group: bg, grid });
     }
 }
 
@@ -366,43 +450,81 @@ impl Transformer {
         };
         let mut weight_bytes = 0u64;
         let mut bytes_per_token = 0u64;
-        let mut matrix = async |name: &str, rows: usize, k: usize, src: &mut _| -> Result<Matrix> {
-            let t = tensor(name)?;
-            check_shape(t, &[k, rows])?;
-            let m = upload_matrix(g, src, t).await?;
-            weight_bytes += t.size;
-            Ok(m)
+        // Weights applied to the same input, uploaded stacked where their types allow (one
+        // dispatch for q, k and v; one for gate and up); each with its first output row.
+        let mut matrices = async |names: &[(String, usize)], k: usize, src: &mut _| -> Result<Vec<(Matrix, usize)>> {
+            let mut ts = Vec::new();
+            for (name, rows) in names {
+                let t = tensor(name)?;
+                check_shape(t, &[k, *rows])?;
+                weight_bytes += t.size;
+                ts.push(t);
+            }
+            let mut out = Vec::new();
+            let (mut i, mut offset) = (0, 0);
+            while i < ts.len() {
+                let mut j = ts.len();
+                while !stackable(&ts[i..j]) {
+                    j -= 1;
+                }
+                let m = upload_stacked(g, src, &ts[i..j]).await?;
+                let rows = m.rows;
+                out.push((m, offset));
+                offset += rows;
+                i = j;
+            }
+            Ok(out)
         };
         let (e, qd, kvd) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim());
+        let one = |name: &str, rows: usize| [(name.to_string(), rows)];
 
-        let embd = matrix("token_embd.weight", cfg.vocab, e, src).await?;
+        let embd = matrices(&one("token_embd.weight", cfg.vocab), e, src).await?.remove(0).0;
         let output = match gguf.tensor("output.weight") {
-            Some(_) => Some(matrix("output.weight", cfg.vocab, e, src).await?),
+            Some(_) => Some(matrices(&one("output.weight", cfg.vocab), e, src).await?.remove(0).0),
             None => None,
         };
         // Decode reads every layer weight and the output head once per token.
         bytes_per_token += tensor(if output.is_some() { "output.weight" } else { "token_embd.weight" })?.size;
 
-        let vector = async |name: &str, n: usize, src: &mut _| -> Result<wgpu::Buffer> {
-            let t = tensor(name)?;
-            check_shape(t, &[n])?;
-            let v = read_f32(src, t).await?;
-            g.storage_init(name, bytemuck::cast_slice(&v))
+        // Small vectors (norm weights, biases) side by side in one buffer.
+        let vectors = async |names: &[(String, usize)], src: &mut _| -> Result<wgpu::Buffer> {
+            let mut all = Vec::new();
+            for (name, n) in names {
+                let t = tensor(name)?;
+                check_shape(t, &[*n])?;
+                all.extend(read_f32(src, t).await?);
+            }
+            g.storage_init(&names[0].0, bytemuck::cast_slice(&all))
         };
 
+        if cfg.head_dim > 256 || cfg.head_dim % 2 == 1 {
+            return Err(Error::Unsupported(format!("head dimension {} (attention supports even sizes up to 256)", cfg.head_dim)));
+        }
+        let group = cfg.n_head / cfg.n_kv_head.max(1);
+        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 || group > 8 || group * cfg.head_dim > 2048 {
+            return Err(Error::Unsupported(format!(
+                "{} query heads over {} kv heads of size {} (attention groups up to 8 heads and 2048 values)",
+                cfg.n_head, cfg.n_kv_head, cfg.head_dim
+            )));
+        }
+        if cfg.n_rot > cfg.head_dim || cfg.n_rot % 2 == 1 {
+            return Err(Error::Corrupt(format!("rope dimension {} does not fit head dimension {}", cfg.n_rot, cfg.head_dim)));
+        }
+
         let f32s = |n: usize| (n * 4) as u64;
+        let qkv_stride = qd + 2 * kvd;
+        let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).max(4 * max_batch);
         let act = Activations {
             x: g.storage("x", f32s(max_batch * e))?,
             xn: g.storage("xn", f32s(max_batch * e))?,
             tmp: g.storage("tmp", f32s(max_batch * e))?,
-            q: g.storage("q", f32s(max_batch * qd))?,
-            k: g.storage("k", f32s(max_batch * kvd))?,
-            v: g.storage("v", f32s(max_batch * kvd))?,
+            qkv: g.storage("qkv", f32s(max_batch * qkv_stride))?,
+            part: g.storage("attention partials", f32s(split_slots * cfg.n_head * (cfg.head_dim + 2)))?,
             att: g.storage("att", f32s(max_batch * qd))?,
-            gate: g.storage("gate", f32s(max_batch * cfg.n_ff))?,
-            up: g.storage("up", f32s(max_batch * cfg.n_ff))?,
+            gu: g.storage("gate_up", f32s(max_batch * 2 * cfg.n_ff))?,
+            ff: g.storage("ffn", f32s(max_batch * cfg.n_ff))?,
         };
-        let step = g.uniform("step", &Step { n_tok: 0, pos0: 0, _p: [0; 2] });
+        let step = g.uniform("step", &Step { n_tok: 0, pos0: 0, splits: 1, chunk: 1 });
         let ids = g.storage("ids", (max_batch * 4) as u64)?;
         let dummy = g.storage("dummy", 16)?;
         let row_bytes = f32s(cfg.vocab);
@@ -419,88 +541,26 @@ impl Transformer {
         let inv_freq = g.storage_init("rope", bytemuck::cast_slice(&rope_inv_freq(&cfg, cfg.rope_base, rope_factors.as_deref())))?;
         let inv_freq_swa = g.storage_init("rope_swa", bytemuck::cast_slice(&rope_inv_freq(&cfg, cfg.rope_base_swa, None)))?;
 
-        let mut b = Builder { gpu: g, step: &step, dummy: &dummy, ops: Vec::new() };
+        // Two dispatch lists over the same weights: prefill (many tokens: tiled matmuls, norms
+        // and GLU as their own passes) and decode (one token: norms and GLU fused into the
+        // matvecs, fewer dependent dispatches).
+        let mut pre = Builder { gpu: g, step: &step, dummy: &dummy, ops: Vec::new() };
+        let mut dec = Builder { gpu: g, step: &step, dummy: &dummy, ops: Vec::new() };
         for p in &embd.parts {
             let params = g.uniform(
                 "eparams",
                 &EParams { k: e as u32, row0: p.row0, rows: p.rows, scale_base: p.scale_base, scale: cfg.embed_scale, _p: [0; 3] },
             );
-            b.op(Kernel::Embed(embd.ty), &[&p.buffer, &ids, &act.x, &params, &step], Grid::PerToken((e as u32 / 4).div_ceil(64)));
+            for b in [&mut pre, &mut dec] {
+                b.op(Kernel::Embed(embd.ty), &[&p.buffer, &ids, &act.x, &params, &step], Grid::PerToken((e as u32 / 4).div_ceil(64)));
+            }
         }
 
         let kv_words = (ctx * kvd / 2 * 4) as u64;
         let mut kv_bytes = 0;
-        let rope_params = |n_heads: usize| {
+        let glu_params = g.uniform("gparams", &U4 { a: cfg.n_ff as u32, b: (cfg.act == Activation::GeluTanh) as u32, _p: [0; 2] });
+        let aparams = |window: u32| {
             g.uniform(
-                "rparams",
-                &RParams { n_heads: n_heads as u32, head_dim: cfg.head_dim as u32, n_rot: cfg.n_rot as u32, neox: cfg.rope_neox as u32 },
-            )
-        };
-        let (rope_q, rope_k) = (rope_params(cfg.n_head), rope_params(cfg.n_kv_head));
-        let kv_params = g.uniform("kparams", &U4 { a: kvd as u32, b: 0, _p: [0; 2] });
-        let glu_params = g.uniform(
-            "gparams",
-            &U4 { a: cfg.n_ff as u32, b: (cfg.act == Activation::GeluTanh) as u32, _p: [0; 2] },
-        );
-        if cfg.head_dim > 256 || cfg.head_dim % 2 == 1 {
-            return Err(Error::Unsupported(format!("head dimension {} (attention supports even sizes up to 256)", cfg.head_dim)));
-        }
-        if cfg.n_rot > cfg.head_dim || cfg.n_rot % 2 == 1 {
-            return Err(Error::Corrupt(format!("rope dimension {} does not fit head dimension {}", cfg.n_rot, cfg.head_dim)));
-        }
-
-        for l in 0..cfg.n_layer {
-            let n = |s: &str| format!("blk.{l}.{s}");
-            let attn_norm = vector(&n("attn_norm.weight"), e, src).await?;
-            let wq = matrix(&n("attn_q.weight"), qd, e, src).await?;
-            let wk = matrix(&n("attn_k.weight"), kvd, e, src).await?;
-            let wv = matrix(&n("attn_v.weight"), kvd, e, src).await?;
-            let wo = matrix(&n("attn_output.weight"), e, qd, src).await?;
-            let ffn_norm = vector(&n("ffn_norm.weight"), e, src).await?;
-            let wg = matrix(&n("ffn_gate.weight"), cfg.n_ff, e, src).await?;
-            let wu = matrix(&n("ffn_up.weight"), cfg.n_ff, e, src).await?;
-            let wd = matrix(&n("ffn_down.weight"), e, cfg.n_ff, src).await?;
-            for w in [&wq, &wk, &wv, &wo, &wg, &wu, &wd] {
-                bytes_per_token += tensor(&w.name)?.size;
-            }
-            let (bq, bk, bv) = if cfg.qkv_bias {
-                (
-                    Some(vector(&n("attn_q.bias"), qd, src).await?),
-                    Some(vector(&n("attn_k.bias"), kvd, src).await?),
-                    Some(vector(&n("attn_v.bias"), kvd, src).await?),
-                )
-            } else {
-                (None, None, None)
-            };
-            let qk_norms = if cfg.qk_norm {
-                Some((vector(&n("attn_q_norm.weight"), cfg.head_dim, src).await?, vector(&n("attn_k_norm.weight"), cfg.head_dim, src).await?))
-            } else {
-                None
-            };
-            let post = if cfg.post_norms {
-                Some((vector(&n("post_attention_norm.weight"), e, src).await?, vector(&n("post_ffw_norm.weight"), e, src).await?))
-            } else {
-                None
-            };
-            let k_cache = g.storage("k_cache", kv_words)?;
-            let v_cache = g.storage("v_cache", kv_words)?;
-            kv_bytes += 2 * kv_words;
-
-            b.norm(Some(&act.x), &attn_norm, &act.xn, e, 1, cfg.rms_eps, false);
-            b.linear(&wq, &act.xn, &act.q, bq.as_ref(), 0);
-            b.linear(&wk, &act.xn, &act.k, bk.as_ref(), 0);
-            b.linear(&wv, &act.xn, &act.v, bv.as_ref(), 0);
-            if let Some((qn, kn)) = &qk_norms {
-                b.norm(None, qn, &act.q, cfg.head_dim, cfg.n_head, cfg.rms_eps, false);
-                b.norm(None, kn, &act.k, cfg.head_dim, cfg.n_kv_head, cfg.rms_eps, false);
-            }
-            let freqs = if cfg.swa_layers[l] { &inv_freq_swa } else { &inv_freq };
-            let rope_x = |heads: usize| Grid::PerToken(((heads * cfg.n_rot / 2) as u32).div_ceil(64));
-            b.op(Kernel::Rope, &[&act.q, freqs, &rope_q, &step], rope_x(cfg.n_head));
-            b.op(Kernel::Rope, &[&act.k, freqs, &rope_k, &step], rope_x(cfg.n_kv_head));
-            b.op(Kernel::KvStore, &[&act.k, &act.v, &k_cache, &v_cache, &kv_params, &step], Grid::PerToken((kvd as u32 / 2).div_ceil(64)));
-            let window = if cfg.swa_layers[l] { cfg.window as u32 } else { 0 };
-            let aparams = g.uniform(
                 "aparams",
                 &AParams {
                     n_head: cfg.n_head as u32,
@@ -508,43 +568,126 @@ impl Transformer {
                     head_dim: cfg.head_dim as u32,
                     window,
                     scale: cfg.attn_scale,
-                    _p: [0; 3],
+                    q_stride: qkv_stride as u32,
+                    _p: [0; 2],
                 },
-            );
-            b.op(Kernel::Attention, &[&act.q, &k_cache, &v_cache, &act.att, &aparams, &step], Grid::PerToken(cfg.n_head as u32));
-            match &post {
-                Some((post_attn, _)) => {
-                    b.linear(&wo, &act.att, &act.tmp, None, 0);
-                    b.norm(Some(&act.tmp), post_attn, &act.x, e, 1, cfg.rms_eps, true);
-                }
-                None => b.linear(&wo, &act.att, &act.x, None, ACCUMULATE),
+            )
+        };
+        let (aparams_full, aparams_swa) = (aparams(0), aparams(cfg.window as u32));
+        let pparams = g.uniform(
+            "pparams",
+            &PParams {
+                n_head: cfg.n_head as u32,
+                n_kv: cfg.n_kv_head as u32,
+                head_dim: cfg.head_dim as u32,
+                n_rot: cfg.n_rot as u32,
+                stride: qkv_stride as u32,
+                flags: cfg.rope_neox as u32 | if cfg.qk_norm { 2 } else { 0 },
+                eps: cfg.rms_eps,
+                _p: 0,
+            },
+        );
+
+        for l in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            let attn_norm = vectors(&one(&n("attn_norm.weight"), e), src).await?;
+            let qkv_names = [(n("attn_q.weight"), qd), (n("attn_k.weight"), kvd), (n("attn_v.weight"), kvd)];
+            let wqkv = matrices(&qkv_names, e, src).await?;
+            let wo = matrices(&one(&n("attn_output.weight"), e), qd, src).await?.remove(0).0;
+            let ffn_norm = vectors(&one(&n("ffn_norm.weight"), e), src).await?;
+            let wgu = matrices(&[(n("ffn_gate.weight"), cfg.n_ff), (n("ffn_up.weight"), cfg.n_ff)], e, src).await?;
+            let wd = matrices(&one(&n("ffn_down.weight"), e), cfg.n_ff, src).await?.remove(0).0;
+            for (name, _) in qkv_names.iter().chain(&[(n("attn_output.weight"), 0), (n("ffn_gate.weight"), 0), (n("ffn_up.weight"), 0), (n("ffn_down.weight"), 0)]) {
+                bytes_per_token += tensor(name)?.size;
             }
-            b.norm(Some(&act.x), &ffn_norm, &act.xn, e, 1, cfg.rms_eps, false);
-            b.linear(&wg, &act.xn, &act.gate, None, 0);
-            b.linear(&wu, &act.xn, &act.up, None, 0);
-            b.op(Kernel::Glu, &[&act.gate, &act.up, &glu_params, &step], Grid::Elems(cfg.n_ff as u32));
-            match &post {
-                Some((_, post_ffw)) => {
-                    b.linear(&wd, &act.gate, &act.tmp, None, 0);
-                    b.norm(Some(&act.tmp), post_ffw, &act.x, e, 1, cfg.rms_eps, true);
+            let bqkv = if cfg.qkv_bias {
+                Some(vectors(&[(n("attn_q.bias"), qd), (n("attn_k.bias"), kvd), (n("attn_v.bias"), kvd)], src).await?)
+            } else {
+                None
+            };
+            let qk_norm = if cfg.qk_norm {
+                Some(vectors(&[(n("attn_q_norm.weight"), cfg.head_dim), (n("attn_k_norm.weight"), cfg.head_dim)], src).await?)
+            } else {
+                None
+            };
+            let post = if cfg.post_norms {
+                Some((vectors(&one(&n("post_attention_norm.weight"), e), src).await?, vectors(&one(&n("post_ffw_norm.weight"), e), src).await?))
+            } else {
+                None
+            };
+            let k_cache = g.storage("k_cache", kv_words)?;
+            let v_cache = g.storage("v_cache", kv_words)?;
+            kv_bytes += 2 * kv_words;
+            let freqs = if cfg.swa_layers[l] { &inv_freq_swa } else { &inv_freq };
+            let aparams = if cfg.swa_layers[l] { &aparams_swa } else { &aparams_full };
+            let eps = cfg.rms_eps;
+
+            for (b, decode) in [(&mut pre, false), (&mut dec, true)] {
+                // Decode normalises inside the matvecs; prefill writes xn once for all of them.
+                let input = |w| -> (&wgpu::Buffer, Option<(&wgpu::Buffer, f32)>) {
+                    if decode { (&act.x, Some((w, eps))) } else { (&act.xn, None) }
+                };
+                let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, flags };
+                if !decode {
+                    b.norm(Some(&act.x), &attn_norm, &act.xn, e, 1, eps, false);
                 }
-                None => b.linear(&wd, &act.gate, &act.x, None, ACCUMULATE),
+                let (x, nw) = input(&attn_norm);
+                for (m, offset) in &wqkv {
+                    b.linear(m, &Lin { bias: bqkv.as_ref(), ..lin(x, &act.qkv, *offset, qkv_stride, nw, 0) });
+                }
+                let pbind = [&act.qkv, qk_norm.as_ref().unwrap_or(&dummy), freqs, &k_cache, &v_cache, &pparams, &step];
+                b.op(Kernel::RopeKv, &pbind, Grid::PerToken((cfg.n_head + cfg.n_kv_head) as u32));
+                let abind = [&act.qkv, &k_cache, &v_cache, &act.part, aparams, &step, &act.att];
+                b.op(Kernel::Attention, &abind, Grid::Attention(cfg.n_kv_head as u32));
+                b.op(Kernel::AttentionCombine, &abind, Grid::PerToken(cfg.n_head as u32));
+                match &post {
+                    Some((post_attn, _)) => {
+                        b.linear(&wo, &lin(&act.att, &act.tmp, 0, e, None, 0));
+                        b.norm(Some(&act.tmp), post_attn, &act.x, e, 1, eps, true);
+                    }
+                    None => b.linear(&wo, &lin(&act.att, &act.x, 0, e, None, ACCUMULATE)),
+                }
+                if !decode {
+                    b.norm(Some(&act.x), &ffn_norm, &act.xn, e, 1, eps, false);
+                }
+                let (x, nw) = input(&ffn_norm);
+                if decode && wgu.len() == 1 && wgu[0].0.parts.len() == 1 {
+                    b.linear(&wgu[0].0, &lin(x, &act.ff, 0, cfg.n_ff, nw, GLU | ((cfg.act == Activation::GeluTanh) as u32) << 8));
+                } else {
+                    for (m, offset) in &wgu {
+                        b.linear(m, &lin(x, &act.gu, *offset, 2 * cfg.n_ff, nw, 0));
+                    }
+                    b.op(Kernel::Glu, &[&act.gu, &act.ff, &glu_params, &step], Grid::Elems(cfg.n_ff as u32));
+                }
+                match &post {
+                    Some((_, post_ffw)) => {
+                        b.linear(&wd, &lin(&act.ff, &act.tmp, 0, e, None, 0));
+                        b.norm(Some(&act.tmp), post_ffw, &act.x, e, 1, eps, true);
+                    }
+                    None => b.linear(&wd, &lin(&act.ff, &act.x, 0, e, None, ACCUMULATE)),
+                }
             }
         }
-        let out_norm = vector("output_norm.weight", e, src).await?;
-        b.norm(Some(&act.x), &out_norm, &act.xn, e, 1, cfg.rms_eps, false);
-        let body = std::mem::take(&mut b.ops);
+        let out_norm = vectors(&one("output_norm.weight", e), src).await?;
         let head = output.as_ref().unwrap_or(&embd);
-        b.linear(head, &act.xn, &logits, None, LAST_TOKEN);
-        let head_last = std::mem::take(&mut b.ops);
-        b.linear(head, &act.xn, &logits, None, 0);
-        let head_all = std::mem::take(&mut b.ops);
+        let to_logits = |x, norm, flags| Lin { x, y: &logits, out_offset: 0, out_stride: cfg.vocab, bias: None, norm, flags };
+        let body_prefill = std::mem::take(&mut pre.ops);
+        let body_decode = std::mem::take(&mut dec.ops);
+        pre.norm(Some(&act.x), &out_norm, &act.xn, e, 1, cfg.rms_eps, false);
+        pre.linear(head, &to_logits(&act.xn, None, LAST_TOKEN));
+        let head_last = std::mem::take(&mut pre.ops);
+        pre.norm(Some(&act.x), &out_norm, &act.xn, e, 1, cfg.rms_eps, false);
+        pre.linear(head, &to_logits(&act.xn, None, 0));
+        let head_all = std::mem::take(&mut pre.ops);
+        dec.linear(head, &to_logits(&act.x, Some((&out_norm, cfg.rms_eps)), LAST_TOKEN));
+        let head_decode = std::mem::take(&mut dec.ops);
 
         let sample_params = g.uniform("sparams", &SampleParams::default());
         let partials = g.storage("partials", (cfg.vocab as u64).div_ceil(ARGMAX_CHUNK as u64) * 8)?;
         let result = g.storage("result", 16)?;
         let penalties = g.storage("penalties", (MAX_PENALTIES * 8) as u64)?;
         let sbind = [&logits, &partials, &result, &penalties, &sample_params];
+        let mut b = pre;
         b.op(Kernel::ArgmaxPartial, &sbind, Grid::Fixed((cfg.vocab as u32).div_ceil(ARGMAX_CHUNK)));
         b.op(Kernel::ArgmaxFinal, &sbind, Grid::Fixed(1));
         let greedy = std::mem::take(&mut b.ops);
@@ -559,9 +702,12 @@ impl Transformer {
             ctx,
             max_batch,
             logit_rows,
-            body,
+            split_slots,
+            body_prefill,
+            body_decode,
             head_last,
             head_all,
+            head_decode,
             greedy,
             sample,
             step,
@@ -580,11 +726,20 @@ impl Transformer {
 
     /// Dispatches per decoded token: the latency floor is this times the per-dispatch cost.
     pub fn dispatches_per_token(&self) -> usize {
-        self.body.len() + self.head_last.len() + self.greedy.len()
+        self.body_decode.len() + self.head_decode.len() + self.greedy.len()
     }
 
-    fn encode(&self, pass: &mut wgpu::ComputePass, ops: &[Op], n_tok: u32) {
-        encode(&self.gpu, pass, ops, n_tok)
+    /// The op lists that run `n_tok` tokens and then `logits`.
+    fn plan(&self, n_tok: usize, logits: Logits) -> [&[Op]; 2] {
+        let decode = n_tok == 1;
+        let body = if decode { &self.body_decode } else { &self.body_prefill };
+        let head: &[Op] = match logits {
+            Logits::None => &[],
+            Logits::Last if decode => &self.head_decode,
+            Logits::Last => &self.head_last,
+            Logits::All => &self.head_all,
+        };
+        [body, head]
     }
 
     fn check_batch(&self, tokens: &[u32], pos0: usize, logits: Logits) -> Result<()> {
@@ -612,16 +767,12 @@ impl Transformer {
     pub async fn forward(&self, tokens: &[u32], pos0: usize, logits: Logits) -> Result<Option<Vec<f32>>> {
         self.check_batch(tokens, pos0, logits)?;
         self.gpu.check()?;
-        let n = tokens.len() as u32;
-        self.write_step(tokens, pos0);
+        let shape = self.write_step(tokens, pos0);
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            self.encode(&mut pass, &self.body, n);
-            match logits {
-                Logits::None => {}
-                Logits::Last => self.encode(&mut pass, &self.head_last, n),
-                Logits::All => self.encode(&mut pass, &self.head_all, n),
+            for ops in self.plan(tokens.len(), logits) {
+                encode(&self.gpu, &mut pass, ops, shape);
             }
         }
         self.gpu.queue.submit([enc.finish()]);
@@ -632,9 +783,18 @@ impl Transformer {
         Ok(Some(bytemuck::cast_slice(&bytes).to_vec()))
     }
 
-    fn write_step(&self, tokens: &[u32], pos0: usize) {
+    /// Writes the step's token ids and shape; returns what encoding it needs to know.
+    fn write_step(&self, tokens: &[u32], pos0: usize) -> Shape {
+        let n_tok = tokens.len();
+        // As many key splits as the scratch holds for this many tokens, each split at least
+        // MIN_KEYS_PER_SPLIT positions long (fewer, longer splits cost less to combine).
+        let keys = pos0 + n_tok;
+        let splits = (self.split_slots / n_tok).min(keys.div_ceil(MIN_KEYS_PER_SPLIT)).max(1);
+        let chunk = keys.div_ceil(splits);
         self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
-        self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&Step { n_tok: tokens.len() as u32, pos0: pos0 as u32, _p: [0; 2] }));
+        let step = Step { n_tok: n_tok as u32, pos0: pos0 as u32, splits: splits as u32, chunk: chunk as u32 };
+        self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        Shape { n_tok: n_tok as u32, splits: splits as u32 }
     }
 
     /// Runs `tokens` and picks the next token on the GPU in the same submission; only the
@@ -647,7 +807,7 @@ impl Transformer {
     ) -> Result<u32> {
         self.check_batch(tokens, pos0, Logits::Last)?;
         self.gpu.check()?;
-        self.write_step(tokens, pos0);
+        let shape = self.write_step(tokens, pos0);
         let vocab = self.cfg.vocab as u32;
         match params {
             Some((p, penalties)) => {
@@ -663,14 +823,14 @@ impl Transformer {
                 self.gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(&p));
             }
         }
-        let n = tokens.len() as u32;
         let t0 = crate::engine::now_ms();
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            self.encode(&mut pass, &self.body, n);
-            self.encode(&mut pass, &self.head_last, n);
-            self.encode(&mut pass, if params.is_some() { &self.sample } else { &self.greedy }, n);
+            for ops in self.plan(tokens.len(), Logits::Last) {
+                encode(&self.gpu, &mut pass, ops, shape);
+            }
+            encode(&self.gpu, &mut pass, if params.is_some() { &self.sample } else { &self.greedy }, shape);
         }
         enc.copy_buffer_to_buffer(&self.result, 0, &self.result_staging, 0, 4);
         self.gpu.queue.submit([enc.finish()]);
@@ -683,33 +843,94 @@ impl Transformer {
         }
         Ok(id)
     }
+
+    /// GPU time in ms of each op of one greedy decode step at `pos`, from timestamp
+    /// queries around a compute pass per op; `None` where the adapter has no timestamps.
+    /// Passes add gaps between ops, so the sum is kernel time, not the step's latency.
+    pub async fn profile_decode(&self, token: u32, pos: usize) -> Result<Option<Vec<(String, f64)>>> {
+        if !self.gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(None);
+        }
+        self.check_batch(&[token], pos, Logits::Last)?;
+        let shape = self.write_step(&[token], pos);
+        let p = SampleParams { vocab: self.cfg.vocab as u32, ..Default::default() };
+        self.gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(&p));
+        let ops: Vec<&Op> = self.body_decode.iter().chain(&self.head_decode).chain(&self.greedy).collect();
+        let n = ops.len() as u32 * 2;
+        let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: n });
+        let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile"),
+            size: n as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        for (i, op) in ops.iter().enumerate() {
+            let i = i as u32 * 2;
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &queries,
+                    beginning_of_pass_write_index: Some(i),
+                    end_of_pass_write_index: Some(i + 1),
+                }),
+            });
+            encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
+        }
+        enc.resolve_query_set(&queries, 0..n, &resolved, 0);
+        self.gpu.queue.submit([enc.finish()]);
+        let bytes = self.gpu.read(&resolved, 0, n as u64 * 8).await?;
+        let ticks: &[u64] = bytemuck::cast_slice(&bytes);
+        let ns_per_tick = self.gpu.queue.get_timestamp_period() as f64;
+        Ok(Some(
+            ops.iter()
+                .enumerate()
+                .map(|(i, op)| (op.label.clone(), ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * ns_per_tick / 1e6))
+                .collect(),
+        ))
+    }
 }
 
-fn encode(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: &[Op], n_tok: u32) {
-    for op in ops {
-            let (kernel, [x, y]) = match op.grid {
-                Grid::PerToken(x) => (op.kernel, [x, n_tok]),
-                Grid::Rows(n) => {
-                    let rows = n * n_tok;
-                    (op.kernel, [rows.min(65535), rows.div_ceil(65535)])
-                }
-                Grid::Elems(n) => {
-                    let wgs = (n * n_tok).div_ceil(256);
-                    (op.kernel, [wgs.min(65535), wgs.div_ceil(65535)])
-                }
-                Grid::Linear { rows, last_only } => {
-                    if last_only || n_tok == 1 {
-                        (op.kernel, [rows.div_ceil(gpu.matvec_rows()), if last_only { 1 } else { n_tok }])
-                    } else {
-                        (op.alt.unwrap(), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS)])
-                    }
-                }
-                Grid::Fixed(x) => (op.kernel, [x, 1]),
-            };
-            pass.set_pipeline(&gpu.pipeline(kernel).pipeline);
-            pass.set_bind_group(0, &op.bind_group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
+/// What encoding a step needs beyond the op lists.
+#[derive(Clone, Copy)]
+struct Shape {
+    n_tok: u32,
+    /// Attention's key splits per token.
+    splits: u32,
+}
+
+/// The pipeline and workgroup grid that run `op` for a step.
+fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
+    let n_tok = shape.n_tok;
+    match op.grid {
+        Grid::PerToken(x) => (op.kernel, [x, n_tok, 1]),
+        Grid::Rows(n) => {
+            let rows = n * n_tok;
+            (op.kernel, [rows.min(65535), rows.div_ceil(65535), 1])
         }
+        Grid::Elems(n) => {
+            let wgs = (n * n_tok).div_ceil(256);
+            (op.kernel, [wgs.min(65535), wgs.div_ceil(65535), 1])
+        }
+        Grid::Linear { rows, last_only } => {
+            if last_only || n_tok == 1 {
+                (op.kernel, [rows.div_ceil(gpu.matvec_rows()), if last_only { 1 } else { n_tok }, 1])
+            } else {
+                (op.alt.unwrap(), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS), 1])
+            }
+        }
+        Grid::Attention(n_kv) => (op.kernel, [n_kv, shape.splits, n_tok]),
+        Grid::Fixed(x) => (op.kernel, [x, 1, 1]),
+    }
+}
+
+fn encode(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: &[Op], shape: Shape) {
+    for op in ops {
+        let (kernel, [x, y, z]) = dispatch_of(gpu, op, shape);
+        pass.set_pipeline(&gpu.pipeline(kernel).pipeline);
+        pass.set_bind_group(0, &op.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
 }
 
 /// Encodes `ops` in one compute pass and submits them (the stand-alone kernel runners).
@@ -717,7 +938,7 @@ fn submit_ops(gpu: &Gpu, ops: &[Op], n_tok: u32) {
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        encode(gpu, &mut pass, ops, n_tok);
+        encode(gpu, &mut pass, ops, Shape { n_tok, splits: 1 });
     }
     gpu.queue.submit([enc.finish()]);
 }
@@ -725,12 +946,12 @@ fn submit_ops(gpu: &Gpu, ops: &[Op], n_tok: u32) {
 /// Applies one weight matrix to `n_tok` rows of `x` through the same kernels the model uses
 /// (matvec for one token, matmul for more). For kernel tests and diagnostics.
 pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Result<Vec<f32>> {
-    let step = gpu.uniform("step", &Step { n_tok: n_tok as u32, pos0: 0, _p: [0; 2] });
+    let step = gpu.uniform("step", &Step { n_tok: n_tok as u32, pos0: 0, splits: 1, chunk: 1 });
     let dummy = gpu.storage("dummy", 16)?;
     let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
     let y = gpu.storage("y", (n_tok * m.rows * 4) as u64)?;
     let mut b = Builder { gpu, step: &step, dummy: &dummy, ops: Vec::new() };
-    b.linear(m, &xb, &y, None, 0);
+    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, flags: 0 });
     submit_ops(gpu, &b.ops, n_tok as u32);
     let bytes = gpu.read(&y, 0, (n_tok * m.rows * 4) as u64).await?;
     Ok(bytemuck::cast_slice(&bytes).to_vec())

@@ -8,6 +8,7 @@ mod common;
 use gloss_engine::gguf::writer::{write, TensorData};
 use gloss_engine::gguf::Value;
 use gloss_engine::quant::{dequantize, random_blocks, GgmlType};
+use gloss_engine::transformer::Logits;
 use gloss_engine::{Engine, Gguf, Options};
 
 const VOCAB: usize = 96;
@@ -63,8 +64,11 @@ impl Model {
             let n = |s: &str| format!("blk.{l}.{s}");
             w.push(norm(&n("attn_norm.weight"), EMBD, next()));
             // Mixed quant types, so the family test also crosses the dequantizing kernels.
+            // Layer 0 mixes types within q/k/v and gate/up (separate matvecs); layer 1 does
+            // not, so the engine stacks them (one QKV matvec, gate/up with the fused GLU).
+            let (k_ty, up_ty) = if l == 0 { (GgmlType::F16, GgmlType::Q4K) } else { (GgmlType::Q8_0, GgmlType::Q4_0) };
             w.push(weight(&n("attn_q.weight"), qd, EMBD, GgmlType::Q8_0, next()));
-            w.push(weight(&n("attn_k.weight"), kvd, EMBD, GgmlType::F16, next()));
+            w.push(weight(&n("attn_k.weight"), kvd, EMBD, k_ty, next()));
             w.push(weight(&n("attn_v.weight"), kvd, EMBD, GgmlType::Q8_0, next()));
             w.push(weight(&n("attn_output.weight"), EMBD, qd, GgmlType::F32, next()));
             if arch == "qwen2" {
@@ -77,7 +81,7 @@ impl Model {
             }
             w.push(norm(&n("ffn_norm.weight"), EMBD, next()));
             w.push(weight(&n("ffn_gate.weight"), FF, EMBD, GgmlType::Q4_0, next()));
-            w.push(weight(&n("ffn_up.weight"), FF, EMBD, GgmlType::Q4K, next()));
+            w.push(weight(&n("ffn_up.weight"), FF, EMBD, up_ty, next()));
             w.push(weight(&n("ffn_down.weight"), EMBD, FF, GgmlType::Q8_0, next()));
         }
         w.push(norm("output_norm.weight", EMBD, next()));
@@ -234,6 +238,20 @@ fn check(arch: &'static str) {
         }
     }
     eprintln!("{arch}: max relative logit error over {} positions: {max_err:.2e}", tokens.len());
+    // The decode path (one token per pass: fused norms, fused GLU, the head's fused norm)
+    // on the same tokens, position by position.
+    engine.reset();
+    let model_gpu = &engine.model;
+    let vocab_bytes = (VOCAB * 4) as u64;
+    for (pos, (&t, row)) in tokens.iter().zip(&want).enumerate() {
+        pollster::block_on(model_gpu.forward(&[t], pos, Logits::Last)).unwrap();
+        let got: Vec<f32> = bytemuck::cast_slice(&pollster::block_on(model_gpu.gpu.read(&model_gpu.logits, 0, vocab_bytes)).unwrap()).to_vec();
+        let scale = row.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1.0);
+        for (i, w) in row.iter().enumerate() {
+            assert!((got[i] - w).abs() / scale < 2e-3, "{arch} decode path: logit {i} at position {pos}: got {}, want {w}", got[i]);
+        }
+    }
+    engine.reset();
     // Decode through the matvec path: one more token, greedy, must be the reference argmax.
     let next = (tokens.len() as u32 * 37 + 5) % VOCAB as u32;
     let all: Vec<u32> = tokens.iter().copied().chain([next]).collect();

@@ -1,0 +1,96 @@
+// Prepares a step's q, k and v for attention in one pass over the heads: the optional
+// per-head RMSNorm (qwen3, gemma3 q/k norms), rotary position embedding, and the append of
+// k and v to the layer's KV cache. One workgroup per (q or kv head, token).
+//
+// q, k and v sit side by side per token in one buffer ([q | k | v], `stride` floats);
+// q is rewritten in place. The cache stores f16 pairs (pack2x16float needs no shader-f16,
+// and halves cache memory like llama.cpp's default f16 cache): [position][kv_dim / 2] words.
+// `inv_freq[i]` is base^(-2i/n_rot) * freq_scale / factor[i], precomputed on the CPU the way
+// llama.cpp does. NORM rotates adjacent pairs (2i, 2i+1); NEOX rotates (i, i + n_rot/2).
+
+struct PParams {
+    n_head: u32,
+    n_kv: u32,
+    head_dim: u32,
+    n_rot: u32,
+    stride: u32,
+    flags: u32, // 1: NeoX layout, 2: q/k norm (weights: q norm then k norm)
+    eps: f32,
+    _p0: u32,
+}
+struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
+
+@group(0) @binding(0) var<storage, read_write> qkv: array<f32>;
+@group(0) @binding(1) var<storage, read> norm_w: array<f32>;
+@group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
+@group(0) @binding(3) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(4) var<storage, read_write> v_cache: array<u32>;
+@group(0) @binding(5) var<uniform> pp: PParams;
+@group(0) @binding(6) var<uniform> step: Step;
+
+const WG: u32 = 64u;
+const TWO_PI: f32 = 6.283185307179586;
+var<workgroup> head: array<f32, 256>;
+var<workgroup> sums: array<f32, WG>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = wid.y;
+    let hd = pp.head_dim;
+    let is_q = wid.x < pp.n_head;
+    var hi = wid.x;
+    var base = t * pp.stride + wid.x * hd;
+    if (!is_q) {
+        hi = wid.x - pp.n_head;
+        base = t * pp.stride + (pp.n_head + hi) * hd;
+    }
+    for (var d = lid; d < hd; d += WG) { head[d] = qkv[base + d]; }
+
+    if ((pp.flags & 2u) != 0u) {
+        var s = 0.0;
+        for (var d = lid; d < hd; d += WG) { s += head[d] * head[d]; }
+        sums[lid] = s;
+        workgroupBarrier();
+        for (var k = WG / 2u; k > 0u; k >>= 1u) {
+            if (lid < k) { sums[lid] += sums[lid + k]; }
+            workgroupBarrier();
+        }
+        let inv = inverseSqrt(sums[0] / f32(hd) + pp.eps);
+        let wb = select(hd, 0u, is_q);
+        for (var d = lid; d < hd; d += WG) { head[d] = head[d] * inv * norm_w[wb + d]; }
+    }
+    workgroupBarrier();
+
+    let half = pp.n_rot / 2u;
+    let pos = step.pos0 + t;
+    for (var i = lid; i < half; i += WG) {
+        let theta = f32(pos) * inv_freq[i];
+        // sin/cos are only accurate near [-pi, pi] on many GPUs: reduce the angle first.
+        let a = theta - TWO_PI * floor(theta / TWO_PI + 0.5);
+        let c = cos(a);
+        let s = sin(a);
+        var i0 = 2u * i;
+        var i1 = i0 + 1u;
+        if ((pp.flags & 1u) != 0u) {
+            i0 = i;
+            i1 = i + half;
+        }
+        let x0 = head[i0];
+        let x1 = head[i1];
+        head[i0] = x0 * c - x1 * s;
+        head[i1] = x0 * s + x1 * c;
+    }
+    workgroupBarrier();
+
+    if (is_q) {
+        for (var d = lid; d < hd; d += WG) { qkv[base + d] = head[d]; }
+        return;
+    }
+    let kv_dim = pp.n_kv * hd;
+    let dst = pos * (kv_dim / 2u) + hi * hd / 2u;
+    let vb = base + kv_dim;
+    for (var w = lid; w < hd / 2u; w += WG) {
+        k_cache[dst + w] = pack2x16float(vec2<f32>(head[2u * w], head[2u * w + 1u]));
+        v_cache[dst + w] = pack2x16float(vec2<f32>(qkv[vb + 2u * w], qkv[vb + 2u * w + 1u]));
+    }
+}
