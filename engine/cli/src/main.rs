@@ -117,7 +117,7 @@ async fn run(args: &Args) -> Result<()> {
         msgs.push(gloss_engine::Message::new("user", &text));
         engine.template.tokenize(&engine.tokenizer, &msgs, true)?
     };
-    let mut opts = GenerateOptions { max_tokens: args.num("max-tokens", 256)?, sampling: args.sampling()?, stop: Vec::new() };
+    let mut opts = GenerateOptions { max_tokens: args.num("max-tokens", 256)?, sampling: args.sampling()?, stop: Vec::new(), ..Default::default() };
     if let Some(s) = args.get("stop") {
         opts.stop.push(s.to_string());
     }
@@ -145,7 +145,7 @@ async fn run(args: &Args) -> Result<()> {
 async fn chat(args: &Args) -> Result<()> {
     let mut engine = load(args).await?;
     let mut chat = Chat::new(args.get("system"));
-    let opts = GenerateOptions { max_tokens: args.num("max-tokens", 512)?, sampling: args.sampling()?, stop: Vec::new() };
+    let opts = GenerateOptions { max_tokens: args.num("max-tokens", 512)?, sampling: args.sampling()?, stop: Vec::new(), ..Default::default() };
     let stdin = std::io::stdin();
     loop {
         eprint!("\n> ");
@@ -191,7 +191,7 @@ async fn bench(args: &Args) -> Result<()> {
         let prompt: Vec<u32> = (0..n as u32).map(|i| 1000 + (i * 7919) % (vocab - 1000)).collect();
         engine.reset();
         // Warm-up compiles pipelines outside the timed region.
-        engine.generate(&prompt[..8.min(n)], &GenerateOptions { max_tokens: 2, sampling: Sampling::greedy(), stop: vec![] }, |_| Flow::Continue).await?;
+        engine.generate(&prompt[..8.min(n)], &GenerateOptions { max_tokens: 2, sampling: Sampling::greedy(), stop: vec![], ..Default::default() }, |_| Flow::Continue).await?;
         engine.reset();
         let t0 = now_ms();
         for (i, chunk) in prompt.chunks(engine.model.max_batch).enumerate() {
@@ -199,32 +199,17 @@ async fn bench(args: &Args) -> Result<()> {
         }
         engine.model.gpu.read(&engine.model.logits, 0, 4).await?; // wait for the GPU
         let prefill_ms = now_ms() - t0;
+        // Decode through the engine's own generation loop (pipelined steps, detokenizing),
+        // exactly `gen` tokens like llama-bench; time to first token is the whole prompt's
+        // prefill plus the first step.
         engine.reset();
-        let opts = GenerateOptions { max_tokens: gen, sampling: Sampling::greedy(), stop: vec![] };
-        // Never stop early: end-of-text is not checked in the timed decode loop below.
-        let mut pos = 0;
-        for chunk in prompt[..n - 1].chunks(engine.model.max_batch) {
-            engine.model.forward(chunk, pos, Logits::None).await?;
-            pos += chunk.len();
-        }
-        engine.model.gpu.read(&engine.model.logits, 0, 4).await?; // prefill done before timing
-        let mut next = prompt[n - 1];
-        let t1 = now_ms();
-        let mut ttft = 0.0;
-        let (mut encode_ms, mut wait_ms) = (0.0, 0.0);
-        for i in 0..opts.max_tokens.min(engine.model.ctx - n) {
-            next = engine.model.forward_and_sample(&[next], pos, None).await?;
-            let (e, w) = engine.model.last_step_ms.get();
-            encode_ms += e;
-            wait_ms += w;
-            pos += 1;
-            if i == 0 {
-                // Time to first token: the whole prompt's prefill plus the first decode step.
-                ttft = prefill_ms + (now_ms() - t1);
-            }
-        }
-        let decode_ms = now_ms() - t1;
-        let split = (encode_ms / gen as f64, wait_ms / gen as f64);
+        engine.model.step_times.take();
+        let opts = GenerateOptions { max_tokens: gen, sampling: Sampling::greedy(), ignore_eos: true, ..Default::default() };
+        let g = engine.generate(&prompt, &opts, |_| Flow::Continue).await?;
+        let (ttft, decode_ms) = (g.prefill_ms, g.decode_ms * gen as f64 / (g.tokens.len() - 1).max(1) as f64);
+        let t = engine.model.step_times.take();
+        let split = (t.encode_ms / t.steps as f64, t.wait_ms / t.steps as f64);
+        let (pos, next) = (engine.context_used(), *g.tokens.last().unwrap());
         let mut row = serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft, split);
         if let Some(ops) = engine.model.profile_decode(next, pos).await? {
             row.pop();

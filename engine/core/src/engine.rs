@@ -13,7 +13,7 @@ use crate::gpu::{AdapterSummary, Gpu};
 use crate::models::Config;
 use crate::sampling::{Pcg, Sampling};
 use crate::tokenizer::{Tokenizer, Utf8Stream};
-use crate::transformer::{Logits, Options, Transformer};
+use crate::transformer::{Input, Logits, Options, Pending, Transformer};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
@@ -36,11 +36,14 @@ pub struct GenerateOptions {
     pub max_tokens: usize,
     pub sampling: Sampling,
     pub stop: Vec<String>,
+    /// Generate exactly `max_tokens`, through end-of-generation tokens (benchmarks, like
+    /// llama-bench).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 512, sampling: Sampling::default(), stop: Vec::new() }
+        GenerateOptions { max_tokens: 512, sampling: Sampling::default(), stop: Vec::new(), ignore_eos: false }
     }
 }
 
@@ -198,6 +201,15 @@ impl Engine {
         let mut emitted = 0;
         let mut t_first = None;
         let stops: Vec<String> = opts.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
+        // Without penalties the next step needs nothing from the CPU, so it is submitted
+        // before this step's id is read back (it embeds that id on the GPU): the GPU never
+        // idles through encoding or readback. A step submitted past a stop is discarded; it
+        // only wrote the KV cache beyond the cached prefix.
+        let pipelined = !opts.sampling.has_penalties();
+        let step_params = |rng: &mut Pcg, history: &[u32]| {
+            (!opts.sampling.is_greedy()).then(|| (opts.sampling.params(rng.next_f32()), opts.sampling.penalties(history)))
+        };
+        let mut in_flight: Option<Pending> = None;
         loop {
             if out.tokens.len() >= opts.max_tokens {
                 break;
@@ -208,13 +220,28 @@ impl Engine {
             }
             let pos = self.cached.len();
             // Invariant: the cache holds everything but `next`, the last token produced.
-            let step = [next];
-            let sampled = if opts.sampling.is_greedy() {
-                self.model.forward_and_sample(&step, pos, None).await
-            } else {
-                let params = opts.sampling.params(rng.next_f32());
-                let pens = opts.sampling.penalties(&history);
-                self.model.forward_and_sample(&step, pos, Some((&params, &pens))).await
+            let submitted = match in_flight.take() {
+                Some(p) => Ok(p),
+                None => {
+                    let sp = step_params(&mut rng, &history);
+                    self.model.submit_sample(Input::Ids(&[next]), pos, sp.as_ref().map(|(p, pens)| (p, pens.as_slice())))
+                }
+            };
+            let sampled = match submitted {
+                Ok(p) => {
+                    if pipelined && out.tokens.len() + 1 < opts.max_tokens && pos + 2 <= self.model.ctx {
+                        let sp = step_params(&mut rng, &history);
+                        match self.model.submit_sample(Input::Previous, pos + 1, sp.as_ref().map(|(p, pens)| (p, pens.as_slice()))) {
+                            Ok(next_step) => in_flight = Some(next_step),
+                            Err(e) => {
+                                self.cached.clear();
+                                return Err(e);
+                            }
+                        }
+                    }
+                    self.model.finish_sample(p).await
+                }
+                Err(e) => Err(e),
             };
             let id = match sampled {
                 Ok(id) => id,
@@ -227,7 +254,7 @@ impl Engine {
             if t_first.is_none() {
                 t_first = Some(now_ms());
             }
-            if self.tokenizer.is_eog(id) {
+            if self.tokenizer.is_eog(id) && !opts.ignore_eos {
                 out.stop_reason = StopReason::EndOfText;
                 break;
             }

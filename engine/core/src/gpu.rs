@@ -260,8 +260,10 @@ impl Gpu {
         })
     }
 
-    /// Maps `buf` (a MAP_READ buffer whose copy was already submitted) and returns its bytes.
-    pub async fn read_mapped(&self, buf: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    /// Maps `buf` (a MAP_READ buffer whose copy went out in submission `after`) and returns
+    /// its bytes. Natively this waits for that submission only, so work submitted after it
+    /// keeps the GPU busy meanwhile.
+    pub async fn read_mapped(&self, buf: &wgpu::Buffer, size: u64, after: wgpu::SubmissionIndex) -> Result<Vec<u8>> {
         let slice = buf.slice(0..size);
         let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -269,8 +271,10 @@ impl Gpu {
         });
         #[cfg(not(target_arch = "wasm32"))]
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait { submission_index: Some(after), timeout: None })
             .map_err(|e| Error::DeviceLost(format!("waiting for the GPU failed: {e}")))?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = after;
         let mapped = rx.await.map_err(|_| Error::DeviceLost("buffer mapping was abandoned".into()))?;
         self.check()?;
         mapped.map_err(|e| Error::Gpu(format!("buffer mapping failed: {e}")))?;
@@ -284,8 +288,8 @@ impl Gpu {
         let staging = self.readback_buffer("readback", size);
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(src, offset, &staging, 0, size.next_multiple_of(4));
-        self.queue.submit([enc.finish()]);
-        let mut v = self.read_mapped(&staging, size.next_multiple_of(4)).await?;
+        let at = self.queue.submit([enc.finish()]);
+        let mut v = self.read_mapped(&staging, size.next_multiple_of(4), at).await?;
         v.truncate(size as usize);
         Ok(v)
     }

@@ -77,7 +77,7 @@ impl Sampling {
         self.temperature <= 0.0 && !self.has_penalties()
     }
 
-    fn has_penalties(&self) -> bool {
+    pub fn has_penalties(&self) -> bool {
         self.penalty_last_n > 0 && (self.repeat_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0)
     }
 

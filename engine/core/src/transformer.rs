@@ -279,6 +279,28 @@ struct Activations {
     ff: wgpu::Buffer,
 }
 
+/// Where a sampling step's input tokens come from.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    Ids(&'a [u32]),
+    /// The one id the previous sampling step chose, still on the GPU.
+    Previous,
+}
+
+#[derive(Clone, Copy, Default, Debug)]
+pub struct StepTimes {
+    pub steps: usize,
+    pub encode_ms: f64,
+    pub wait_ms: f64,
+}
+
+/// A sampling step submitted to the GPU and not yet read back.
+pub struct Pending {
+    slot: usize,
+    at: wgpu::SubmissionIndex,
+    encode_ms: f64,
+}
+
 /// What a forward pass returns.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Logits {
@@ -326,15 +348,17 @@ pub struct Transformer {
     sample_params: wgpu::Buffer,
     penalties: wgpu::Buffer,
     result: wgpu::Buffer,
-    result_staging: wgpu::Buffer,
+    /// Two readback slots, so one step's id can be read while the next is in flight.
+    result_staging: [wgpu::Buffer; 2],
+    next_slot: std::cell::Cell<usize>,
     /// Bytes of weights on the GPU, and of KV cache.
     pub weight_bytes: u64,
     pub kv_bytes: u64,
     /// Bytes of weights read from memory per decoded token (the bandwidth floor).
     pub bytes_per_token: u64,
-    /// CPU time spent encoding and submitting the last sampled step, and time then spent
-    /// waiting for its id (benchmarks use these to tell CPU overhead from GPU work).
-    pub last_step_ms: std::cell::Cell<(f64, f64)>,
+    /// Totals over sampled steps since the last reset: CPU time encoding and submitting,
+    /// and time blocked reading ids back (benchmarks tell CPU overhead from GPU work).
+    pub step_times: std::cell::Cell<StepTimes>,
 }
 
 struct Builder<'a> {
@@ -693,7 +717,7 @@ impl Transformer {
         let greedy = std::mem::take(&mut b.ops);
         b.op(Kernel::Sample, &sbind, Grid::Fixed(1));
         let sample = std::mem::take(&mut b.ops);
-        let result_staging = g.readback_buffer("result", 4);
+        let result_staging = [g.readback_buffer("result", 4), g.readback_buffer("result", 4)];
         g.queue.submit([]);
         gpu.check()?;
         Ok(Transformer {
@@ -717,10 +741,11 @@ impl Transformer {
             penalties,
             result,
             result_staging,
+            next_slot: Default::default(),
             weight_bytes,
             kv_bytes,
             bytes_per_token,
-            last_step_ms: Default::default(),
+            step_times: Default::default(),
         })
     }
 
@@ -785,13 +810,16 @@ impl Transformer {
 
     /// Writes the step's token ids and shape; returns what encoding it needs to know.
     fn write_step(&self, tokens: &[u32], pos0: usize) -> Shape {
-        let n_tok = tokens.len();
+        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
+        self.write_shape(tokens.len(), pos0)
+    }
+
+    fn write_shape(&self, n_tok: usize, pos0: usize) -> Shape {
         // As many key splits as the scratch holds for this many tokens, each split at least
         // MIN_KEYS_PER_SPLIT positions long (fewer, longer splits cost less to combine).
         let keys = pos0 + n_tok;
         let splits = (self.split_slots / n_tok).min(keys.div_ceil(MIN_KEYS_PER_SPLIT)).max(1);
         let chunk = keys.div_ceil(splits);
-        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
         let step = Step { n_tok: n_tok as u32, pos0: pos0 as u32, splits: splits as u32, chunk: chunk as u32 };
         self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         Shape { n_tok: n_tok as u32, splits: splits as u32 }
@@ -805,9 +833,30 @@ impl Transformer {
         pos0: usize,
         params: Option<(&SampleParams, &[[u32; 2]])>,
     ) -> Result<u32> {
-        self.check_batch(tokens, pos0, Logits::Last)?;
+        let pending = self.submit_sample(Input::Ids(tokens), pos0, params)?;
+        self.finish_sample(pending).await
+    }
+
+    /// Submits a forward pass over `input` at `pos0` and the choice of the next token, and
+    /// returns at once. The chosen id also stays on the GPU as the next step's input
+    /// (`Input::Previous`), so a caller can submit step n+1 before reading step n back and
+    /// the GPU never waits on the CPU's encoding or readback.
+    pub fn submit_sample(&self, input: Input, pos0: usize, params: Option<(&SampleParams, &[[u32; 2]])>) -> Result<Pending> {
+        let n_tok = match input {
+            Input::Ids(tokens) => {
+                self.check_batch(tokens, pos0, Logits::Last)?;
+                tokens.len()
+            }
+            Input::Previous => {
+                self.check_batch(&[0], pos0, Logits::Last)?;
+                1
+            }
+        };
         self.gpu.check()?;
-        let shape = self.write_step(tokens, pos0);
+        let shape = match input {
+            Input::Ids(tokens) => self.write_step(tokens, pos0),
+            Input::Previous => self.write_shape(1, pos0),
+        };
         let vocab = self.cfg.vocab as u32;
         match params {
             Some((p, penalties)) => {
@@ -824,21 +873,33 @@ impl Transformer {
             }
         }
         let t0 = crate::engine::now_ms();
+        let slot = self.next_slot.get();
+        self.next_slot.set(1 - slot);
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for ops in self.plan(tokens.len(), Logits::Last) {
+            for ops in self.plan(n_tok, Logits::Last) {
                 encode(&self.gpu, &mut pass, ops, shape);
             }
             encode(&self.gpu, &mut pass, if params.is_some() { &self.sample } else { &self.greedy }, shape);
         }
-        enc.copy_buffer_to_buffer(&self.result, 0, &self.result_staging, 0, 4);
-        self.gpu.queue.submit([enc.finish()]);
-        let t1 = crate::engine::now_ms();
-        let bytes = self.gpu.read_mapped(&self.result_staging, 4).await?;
-        self.last_step_ms.set((t1 - t0, crate::engine::now_ms() - t1));
+        enc.copy_buffer_to_buffer(&self.result, 0, &self.ids, 0, 4);
+        enc.copy_buffer_to_buffer(&self.result, 0, &self.result_staging[slot], 0, 4);
+        let at = self.gpu.queue.submit([enc.finish()]);
+        Ok(Pending { slot, at, encode_ms: crate::engine::now_ms() - t0 })
+    }
+
+    /// Waits for a submitted step's token id.
+    pub async fn finish_sample(&self, pending: Pending) -> Result<u32> {
+        let t0 = crate::engine::now_ms();
+        let bytes = self.gpu.read_mapped(&self.result_staging[pending.slot], 4, pending.at).await?;
+        let mut t = self.step_times.get();
+        t.steps += 1;
+        t.encode_ms += pending.encode_ms;
+        t.wait_ms += crate::engine::now_ms() - t0;
+        self.step_times.set(t);
         let id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
-        if id >= vocab {
+        if id >= self.cfg.vocab as u32 {
             return Err(Error::Gpu(format!("sampler returned token {id} outside the vocabulary (non-finite logits?)")));
         }
         Ok(id)

@@ -258,7 +258,7 @@ fn check(arch: &'static str) {
     let want_last = model.forward(&all).pop().unwrap();
     let g = pollster::block_on(engine.generate(
         &all,
-        &gloss_engine::GenerateOptions { max_tokens: 1, sampling: gloss_engine::Sampling::greedy(), stop: vec![] },
+        &gloss_engine::GenerateOptions { max_tokens: 1, sampling: gloss_engine::Sampling::greedy(), stop: vec![], ..Default::default() },
         |_| gloss_engine::Flow::Continue,
     ))
     .unwrap();

@@ -63,7 +63,7 @@ fn check_model(file: &str, prefix: &str, prompts: &[&str]) {
         let gm = floats(&g["generated_margins"]);
         let agree = gm.iter().position(|&m| m <= NEAR_TIE).unwrap_or(gm.len()).min(6);
         engine.reset();
-        let opts = GenerateOptions { max_tokens: agree + 1, sampling: Sampling::greedy(), stop: vec![] };
+        let opts = GenerateOptions { max_tokens: agree + 1, sampling: Sampling::greedy(), stop: vec![], ..Default::default() };
         let out = pollster::block_on(engine.generate(&prompt, &opts, |_| Flow::Continue)).unwrap();
         assert!(out.tokens.len() > agree, "{prefix}/{p}: generation stopped early");
         assert_eq!(out.tokens[..agree], gen[..agree], "{prefix}/{p}: greedy tokens before the first near-tie");
