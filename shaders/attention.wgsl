@@ -5,6 +5,10 @@
 // length parallel. A kv head's workgroup serves all its query heads (grouped-query
 // attention), so each key and value is read once per group. `window` > 0 limits a query to
 // its last `window` positions (Gemma's sliding-window layers).
+//
+// Within a workgroup, keys go in tiles of 32: 8 threads share each key's dot products, every
+// (head, key) pair gets its probability in parallel, and each thread then owns output
+// values. Only short loops over shared memory remain serial.
 
 struct AParams {
     n_head: u32,
@@ -30,14 +34,19 @@ struct Step { n_tok: u32, pos0: u32, splits: u32, chunk: u32 }
 
 const WG: u32 = 256u;
 const TILE: u32 = 32u;          // keys per inner step
-const MAX_GQ: u32 = 2048u;      // query heads per kv head x head_dim
-const ACC: u32 = MAX_GQ / WG;   // accumulators per thread
+const TPK: u32 = WG / TILE;     // threads per key in the dot products
+const MAX_GROUP: u32 = 8u;      // query heads per kv head
+const MAX_GQ: u32 = 1024u;      // query heads per kv head x head_dim
+const ACC: u32 = MAX_GQ / WG;   // output values per thread
 const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, MAX_GQ>;
-var<workgroup> sc: array<f32, WG>;      // scores, then probabilities, [group head][key]
-var<workgroup> m_run: array<f32, 8>;    // per group head: running max
-var<workgroup> corr: array<f32, 8>;     // per group head: rescale of older accumulators
+var<workgroup> red: array<f32, 2048>;   // [group head][thread]: partial dot products
+var<workgroup> sc: array<f32, 256>;     // [group head][key]: scores
+var<workgroup> pr: array<f32, 256>;     // [group head][key]: probabilities
+var<workgroup> m_run: array<f32, MAX_GROUP>;
+var<workgroup> m_new: array<f32, MAX_GROUP>;
+var<workgroup> corr: array<f32, MAX_GROUP>;
 
 @compute @workgroup_size(256)
 fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -48,6 +57,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let group = ap.n_head / ap.n_kv;
     let gq = group * hd;
     let kv_words = ap.n_kv * hd / 2u;
+    let head_words = kvh * hd / 2u;
     let pos = step.pos0 + t;
     var first = 0u;
     if (ap.window > 0u && pos + 1u > ap.window) { first = pos + 1u - ap.window; }
@@ -62,51 +72,64 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var l = 0.0; // running sum, kept by thread g < group
     workgroupBarrier();
 
+    // This thread's share of a key's dot products: words w0..w0+wpt of the head.
+    let key = lid / TPK;
+    let wpt = hd / 2u / TPK;
+    let w0 = (lid % TPK) * wpt;
     for (var c = lo; c < hi; c += TILE) {
         let n = min(TILE, hi - c);
-        // Scores: thread (g, j) for key c + j of group head g.
+        var s: array<f32, MAX_GROUP>;
+        for (var g = 0u; g < MAX_GROUP; g++) { s[g] = 0.0; }
+        if (key < n) {
+            let kb = (c + key) * kv_words + head_words;
+            for (var w = w0; w < w0 + wpt; w++) {
+                let kk = unpack2x16float(k_cache[kb + w]);
+                // Constant bounds let s[] live in registers.
+                for (var g = 0u; g < MAX_GROUP; g++) {
+                    if (g < group) { s[g] += qs[g * hd + 2u * w] * kk.x + qs[g * hd + 2u * w + 1u] * kk.y; }
+                }
+            }
+        }
+        for (var g = 0u; g < MAX_GROUP; g++) {
+            if (g < group) { red[g * WG + lid] = s[g]; }
+        }
+        workgroupBarrier();
         let g = lid / TILE;
         let j = lid % TILE;
         if (g < group) {
-            var s = NEG;
-            if (j < n) {
-                let kb = (c + j) * kv_words + kvh * hd / 2u;
-                let qg = g * hd;
-                var d4 = vec2<f32>(0.0);
-                for (var d = 0u; d < hd; d += 2u) {
-                    d4 += vec2<f32>(qs[qg + d], qs[qg + d + 1u]) * unpack2x16float(k_cache[kb + d / 2u]);
-                }
-                s = d4.x + d4.y;
-            }
-            sc[lid] = s;
+            var d = 0.0;
+            for (var p = 0u; p < TPK; p++) { d += red[g * WG + j * TPK + p]; }
+            sc[lid] = select(NEG, d, j < n);
         }
         workgroupBarrier();
-        // Online softmax, one thread per group head.
+        if (g < group) {
+            var mx = m_run[g];
+            for (var jj = 0u; jj < TILE; jj++) { mx = max(mx, sc[g * TILE + jj]); }
+            pr[lid] = select(0.0, exp(sc[lid] - mx), j < n);
+            if (j == 0u) {
+                m_new[g] = mx;
+                corr[g] = exp(m_run[g] - mx);
+            }
+        }
+        workgroupBarrier();
         if (lid < group) {
-            var mx = m_run[lid];
-            for (var jj = 0u; jj < n; jj++) { mx = max(mx, sc[lid * TILE + jj]); }
             var sum = 0.0;
-            for (var jj = 0u; jj < n; jj++) {
-                let e = exp(sc[lid * TILE + jj] - mx);
-                sc[lid * TILE + jj] = e;
-                sum += e;
-            }
-            let f = exp(m_run[lid] - mx);
-            corr[lid] = f;
-            l = l * f + sum;
-            m_run[lid] = mx;
+            for (var jj = 0u; jj < TILE; jj++) { sum += pr[lid * TILE + jj]; }
+            l = l * corr[lid] + sum;
+            m_run[lid] = m_new[lid];
         }
-        workgroupBarrier();
-        // Values: thread owns (g, d) pairs lid, lid + WG, ...
+        // Values: thread owns (g, d) pairs lid, lid + WG, ...; keys past n have p = 0 and
+        // read a valid row instead of branching.
         for (var a = 0u; a < ACC; a++) {
             let i = lid + a * WG;
             if (i < gq) {
                 let gi = i / hd;
                 let d = i % hd;
                 var v = acc[a] * corr[gi];
-                let vb = c * kv_words + kvh * hd / 2u + d / 2u;
-                for (var jj = 0u; jj < n; jj++) {
-                    v += sc[gi * TILE + jj] * unpack2x16float(v_cache[vb + jj * kv_words])[d & 1u];
+                let vb = head_words + d / 2u;
+                for (var jj = 0u; jj < TILE; jj++) {
+                    let row = c + min(jj, n - 1u);
+                    v += pr[gi * TILE + jj] * unpack2x16float(v_cache[row * kv_words + vb])[d & 1u];
                 }
                 acc[a] = v;
             }
@@ -129,6 +152,11 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     }
 }
 
+const CWG: u32 = 64u;
+const MAX_SPLITS: u32 = 256u;
+var<workgroup> wsplit: array<f32, MAX_SPLITS>;
+var<workgroup> cred: array<f32, CWG>;
+
 @compute @workgroup_size(64)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
@@ -137,16 +165,38 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let stride = hd + 2u;
     let base = (t * ap.n_head + h) * step.splits * stride;
     var mx = NEG;
-    for (var s = 0u; s < step.splits; s++) { mx = max(mx, part[base + s * stride + hd]); }
-    var total = 0.0;
-    for (var s = 0u; s < step.splits; s++) {
-        total += part[base + s * stride + hd + 1u] * exp(part[base + s * stride + hd] - mx);
+    for (var s = lid; s < step.splits; s += CWG) { mx = max(mx, part[base + s * stride + hd]); }
+    cred[lid] = mx;
+    workgroupBarrier();
+    for (var k = CWG / 2u; k > 0u; k >>= 1u) {
+        if (lid < k) { cred[lid] = max(cred[lid], cred[lid + k]); }
+        workgroupBarrier();
     }
-    for (var d = lid; d < hd; d += 64u) {
-        var v = 0.0;
-        for (var s = 0u; s < step.splits; s++) {
-            v += part[base + s * stride + d] * exp(part[base + s * stride + hd] - mx);
+    mx = cred[0];
+    workgroupBarrier();
+    var total = 0.0;
+    for (var s = lid; s < step.splits; s += CWG) {
+        let w = exp(part[base + s * stride + hd] - mx);
+        wsplit[s] = w;
+        total += part[base + s * stride + hd + 1u] * w;
+    }
+    cred[lid] = total;
+    workgroupBarrier();
+    for (var k = CWG / 2u; k > 0u; k >>= 1u) {
+        if (lid < k) { cred[lid] += cred[lid + k]; }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / cred[0];
+    for (var d = lid; d < hd; d += CWG) {
+        // Four splits per iteration keep four independent loads in flight.
+        var v = vec4<f32>(0.0);
+        var s = 0u;
+        for (; s + 4u <= step.splits; s += 4u) {
+            let b = base + s * stride + d;
+            v += vec4<f32>(wsplit[s], wsplit[s + 1u], wsplit[s + 2u], wsplit[s + 3u])
+                * vec4<f32>(part[b], part[b + stride], part[b + 2u * stride], part[b + 3u * stride]);
         }
-        out[(t * ap.n_head + h) * hd + d] = v / total;
+        for (; s < step.splits; s++) { v.x += wsplit[s] * part[base + s * stride + d]; }
+        out[(t * ap.n_head + h) * hd + d] = (v.x + v.y + v.z + v.w) * inv;
     }
 }

@@ -1,8 +1,8 @@
 // Decode-path matrix x vector: y[t][out_offset + r] = sum_k W[r][k] * x[t][k] (+ bias, + y).
-// LANES threads share a row (256 / LANES rows per workgroup); each lane walks 32-wide units
-// of the row, so every quant type decodes whole aligned groups of 4. GPUs use 32 lanes and
-// a workgroup reduction; CPU adapters (lavapipe, SwiftShader), where barriers are costly,
-// use 1 lane per row and no barrier at all.
+// LANES threads share a row (256 / LANES rows per workgroup), taking its groups of 4 columns
+// in turn, so neighbouring lanes read neighbouring weight words and x values (coalesced).
+// GPUs use 32 lanes and a workgroup reduction; CPU adapters (lavapipe, SwiftShader), where
+// barriers are costly, use 1 lane per row and no barrier at all.
 //
 // Fusions that save a dispatch each in the decode step:
 // - NORM: x is RMS-normalised with weights `norm_w` on the fly. norm(x)·w = inv_rms · (x∘g)·w,
@@ -55,16 +55,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc = vec3<f32>(0.0);
     if (r < wp.rows) {
         let xb = t * (wp.k / 4u);
-        for (var u = lane * 32u; u < wp.k; u += LANES * 32u) {
-            for (var j = 0u; j < 32u; j += 4u) {
-                var xv = x[xb + (u + j) / 4u];
-                if (norm) {
-                    acc.z += dot(xv, xv);
-                    xv *= norm_w[(u + j) / 4u];
-                }
-                acc.x += dot(load4(r, u + j), xv);
-                if (glu) { acc.y += dot(load4(r + wp.rows, u + j), xv); }
+        for (var g = lane; g < wp.k / 4u; g += LANES) {
+            var xv = x[xb + g];
+            if (norm) {
+                acc.z += dot(xv, xv);
+                xv *= norm_w[g];
             }
+            acc.x += dot(load4(r, 4u * g), xv);
+            if (glu) { acc.y += dot(load4(r + wp.rows, 4u * g), xv); }
         }
     }
     if (LANES > 1u) {

@@ -19,6 +19,8 @@ const MATMUL_TOKENS: u32 = 32;
 const ARGMAX_CHUNK: u32 = 256 * 16;
 /// Attention splits the keys into runs of at least this many positions (attention.wgsl).
 const MIN_KEYS_PER_SPLIT: usize = 32;
+/// Most splits one token's attention is combined from (attention.wgsl's MAX_SPLITS).
+const MAX_SPLITS: usize = 256;
 pub const MAX_PENALTIES: usize = 1024;
 
 #[repr(C)]
@@ -521,13 +523,13 @@ impl Transformer {
             g.storage_init(&names[0].0, bytemuck::cast_slice(&all))
         };
 
-        if cfg.head_dim > 256 || cfg.head_dim % 2 == 1 {
-            return Err(Error::Unsupported(format!("head dimension {} (attention supports even sizes up to 256)", cfg.head_dim)));
+        if cfg.head_dim > 256 || cfg.head_dim % 16 != 0 {
+            return Err(Error::Unsupported(format!("head dimension {} (attention supports multiples of 16 up to 256)", cfg.head_dim)));
         }
         let group = cfg.n_head / cfg.n_kv_head.max(1);
-        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 || group > 8 || group * cfg.head_dim > 2048 {
+        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 || group > 8 || group * cfg.head_dim > 1024 {
             return Err(Error::Unsupported(format!(
-                "{} query heads over {} kv heads of size {} (attention groups up to 8 heads and 2048 values)",
+                "{} query heads over {} kv heads of size {} (attention groups up to 8 heads and 1024 values)",
                 cfg.n_head, cfg.n_kv_head, cfg.head_dim
             )));
         }
@@ -537,7 +539,7 @@ impl Transformer {
 
         let f32s = |n: usize| (n * 4) as u64;
         let qkv_stride = qd + 2 * kvd;
-        let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).max(4 * max_batch);
+        let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).min(MAX_SPLITS).max(4 * max_batch);
         let act = Activations {
             x: g.storage("x", f32s(max_batch * e))?,
             xn: g.storage("xn", f32s(max_batch * e))?,
@@ -818,7 +820,7 @@ impl Transformer {
         // As many key splits as the scratch holds for this many tokens, each split at least
         // MIN_KEYS_PER_SPLIT positions long (fewer, longer splits cost less to combine).
         let keys = pos0 + n_tok;
-        let splits = (self.split_slots / n_tok).min(keys.div_ceil(MIN_KEYS_PER_SPLIT)).max(1);
+        let splits = (self.split_slots / n_tok).min(keys.div_ceil(MIN_KEYS_PER_SPLIT)).clamp(1, MAX_SPLITS);
         let chunk = keys.div_ceil(splits);
         let step = Step { n_tok: n_tok as u32, pos0: pos0 as u32, splits: splits as u32, chunk: chunk as u32 };
         self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
