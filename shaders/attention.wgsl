@@ -7,8 +7,8 @@
 // its last `window` positions (Gemma's sliding-window layers).
 //
 // Within a workgroup, keys go in tiles of 32: 8 threads share each key's dot products, every
-// (head, key) pair gets its probability in parallel, and each thread then owns output
-// values. Only short loops over shared memory remain serial.
+// (head, key) pair gets its probability in parallel, and 8 key slices accumulate the values
+// (summed once at the end). No loop waits on one memory load after another.
 
 struct AParams {
     n_head: u32,
@@ -35,13 +35,15 @@ struct Step { n_tok: u32, pos0: u32, splits: u32, chunk: u32 }
 const WG: u32 = 256u;
 const TILE: u32 = 32u;          // keys per inner step
 const TPK: u32 = WG / TILE;     // threads per key in the dot products
+const SLICES: u32 = 8u;         // key slices in the value pass
+const KPS: u32 = TILE / SLICES; // keys per slice per tile
 const MAX_GROUP: u32 = 8u;      // query heads per kv head
 const MAX_GQ: u32 = 1024u;      // query heads per kv head x head_dim
-const ACC: u32 = MAX_GQ / WG;   // output values per thread
+const MAX_WPL: u32 = 4u;        // value words per lane (head_dim 256 / 2 / 32)
 const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, MAX_GQ>;
-var<workgroup> red: array<f32, 2048>;   // [group head][thread]: partial dot products
+var<workgroup> red: array<f32, 2048>;   // partial dot products; at the end, slice sums
 var<workgroup> sc: array<f32, 256>;     // [group head][key]: scores
 var<workgroup> pr: array<f32, 256>;     // [group head][key]: probabilities
 var<workgroup> m_run: array<f32, MAX_GROUP>;
@@ -67,24 +69,30 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let qb = t * ap.q_stride + kvh * gq;
     for (var i = lid; i < gq; i += WG) { qs[i] = q[qb + i] * ap.scale; }
     if (lid < group) { m_run[lid] = NEG; }
-    var acc: array<f32, ACC>;
-    for (var a = 0u; a < ACC; a++) { acc[a] = 0.0; }
     var l = 0.0; // running sum, kept by thread g < group
     workgroupBarrier();
 
-    // This thread's share of a key's dot products: words w0..w0+wpt of the head.
+    // Dot products: 8 threads per key, each words w0..w0+wpt of the head.
     let key = lid / TPK;
     let wpt = hd / 2u / TPK;
     let w0 = (lid % TPK) * wpt;
+    // Values: slice `ks` takes keys ks, ks+8, ...; lane `vl` words vl, vl+32, ... of the
+    // head; acc[wi * MAX_GROUP + g] holds group head g's two values of word vl + 32 wi.
+    let ks = lid / 32u;
+    let vl = lid % 32u;
+    let hw = hd / 2u;
+    var acc: array<vec2<f32>, 32>;
+    for (var i = 0u; i < 32u; i++) { acc[i] = vec2<f32>(0.0); }
+    // Constant loop bounds below let arrays live in registers and loads go out together.
     for (var c = lo; c < hi; c += TILE) {
         let n = min(TILE, hi - c);
         var s: array<f32, MAX_GROUP>;
         for (var g = 0u; g < MAX_GROUP; g++) { s[g] = 0.0; }
-        if (key < n) {
-            let kb = (c + key) * kv_words + head_words;
-            for (var w = w0; w < w0 + wpt; w++) {
+        let kb = (c + min(key, n - 1u)) * kv_words + head_words;
+        for (var i = 0u; i < 16u; i++) {
+            if (i < wpt) {
+                let w = w0 + i;
                 let kk = unpack2x16float(k_cache[kb + w]);
-                // Constant bounds let s[] live in registers.
                 for (var g = 0u; g < MAX_GROUP; g++) {
                     if (g < group) { s[g] += qs[g * hd + 2u * w] * kk.x + qs[g * hd + 2u * w + 1u] * kk.y; }
                 }
@@ -103,51 +111,74 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         }
         workgroupBarrier();
         if (g < group) {
-            var mx = m_run[g];
-            for (var jj = 0u; jj < TILE; jj++) { mx = max(mx, sc[g * TILE + jj]); }
-            pr[lid] = select(0.0, exp(sc[lid] - mx), j < n);
+            var mx = vec4<f32>(m_run[g]);
+            for (var jj = 0u; jj < TILE; jj += 4u) {
+                let b = g * TILE + jj;
+                mx = max(mx, vec4<f32>(sc[b], sc[b + 1u], sc[b + 2u], sc[b + 3u]));
+            }
+            let m = max(max(mx.x, mx.y), max(mx.z, mx.w));
+            pr[lid] = select(0.0, exp(sc[lid] - m), j < n);
             if (j == 0u) {
-                m_new[g] = mx;
-                corr[g] = exp(m_run[g] - mx);
+                m_new[g] = m;
+                corr[g] = exp(m_run[g] - m);
             }
         }
         workgroupBarrier();
         if (lid < group) {
-            var sum = 0.0;
-            for (var jj = 0u; jj < TILE; jj++) { sum += pr[lid * TILE + jj]; }
-            l = l * corr[lid] + sum;
+            var sum = vec4<f32>(0.0);
+            for (var jj = 0u; jj < TILE; jj += 4u) {
+                let b = lid * TILE + jj;
+                sum += vec4<f32>(pr[b], pr[b + 1u], pr[b + 2u], pr[b + 3u]);
+            }
+            l = l * corr[lid] + sum.x + sum.y + sum.z + sum.w;
             m_run[lid] = m_new[lid];
         }
-        // Values: thread owns (g, d) pairs lid, lid + WG, ...; keys past n have p = 0 and
-        // read a valid row instead of branching.
-        for (var a = 0u; a < ACC; a++) {
-            let i = lid + a * WG;
-            if (i < gq) {
-                let gi = i / hd;
-                let d = i % hd;
-                var v = acc[a] * corr[gi];
-                let vb = head_words + d / 2u;
-                for (var jj = 0u; jj < TILE; jj++) {
-                    let row = c + min(jj, n - 1u);
-                    v += pr[gi * TILE + jj] * unpack2x16float(v_cache[row * kv_words + vb])[d & 1u];
+        for (var wi = 0u; wi < MAX_WPL; wi++) {
+            let w = vl + 32u * wi;
+            if (w < hw) {
+                for (var g = 0u; g < MAX_GROUP; g++) {
+                    if (g < group) { acc[wi * MAX_GROUP + g] *= corr[g]; }
                 }
-                acc[a] = v;
+                // Keys past n have p = 0 and read a valid row instead of branching.
+                for (var i = 0u; i < KPS; i++) {
+                    let jj = ks + SLICES * i;
+                    let vv = unpack2x16float(v_cache[(c + min(jj, n - 1u)) * kv_words + head_words + w]);
+                    for (var g = 0u; g < MAX_GROUP; g++) {
+                        if (g < group) { acc[wi * MAX_GROUP + g] += pr[g * TILE + jj] * vv; }
+                    }
+                }
             }
         }
         workgroupBarrier();
     }
 
+    // Sum the slices, one group head at a time (red holds [slice][head_dim]).
     let stride = hd + 2u;
-    for (var a = 0u; a < ACC; a++) {
-        let i = lid + a * WG;
-        if (i < gq) {
-            let h = kvh * group + i / hd;
-            part[((t * ap.n_head + h) * step.splits + split) * stride + i % hd] = acc[a];
+    for (var g = 0u; g < MAX_GROUP; g++) {
+        if (g < group) {
+            for (var wi = 0u; wi < MAX_WPL; wi++) {
+                let w = vl + 32u * wi;
+                if (w < hw) {
+                    red[ks * hd + 2u * w] = acc[wi * MAX_GROUP + g].x;
+                    red[ks * hd + 2u * w + 1u] = acc[wi * MAX_GROUP + g].y;
+                }
+            }
+            workgroupBarrier();
+            let h = kvh * group + g;
+            let pb = ((t * ap.n_head + h) * step.splits + split) * stride;
+            for (var d = lid; d < hd; d += WG) {
+                var v = 0.0;
+                for (var k = 0u; k < SLICES; k++) { v += red[k * hd + d]; }
+                part[pb + d] = v;
+            }
+            if (lid == 0u) {
+                part[pb + hd] = m_run[g];
+            }
+            workgroupBarrier();
         }
     }
     if (lid < group) {
         let pb = ((t * ap.n_head + kvh * group + lid) * step.splits + split) * stride + hd;
-        part[pb] = m_run[lid];
         part[pb + 1u] = l;
     }
 }

@@ -34,6 +34,19 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 
 #include activation
 
+// Row r's columns 4g..4g+3 against x: (dot, dot with the up row, sum of squares of x).
+fn group4(r: u32, xb: u32, g: u32, norm: bool, glu: bool) -> vec3<f32> {
+    var xv = x[xb + g];
+    var out = vec3<f32>(0.0);
+    if (norm) {
+        out.z = dot(xv, xv);
+        xv *= norm_w[g];
+    }
+    out.x = dot(load4(r, 4u * g), xv);
+    if (glu) { out.y = dot(load4(r + wp.rows, 4u * g), xv); }
+    return out;
+}
+
 override LANES: u32 = 32u;
 override ROWS_PER_WG: u32 = 256u / LANES;
 var<workgroup> partial: array<vec3<f32>, 256>;
@@ -55,15 +68,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc = vec3<f32>(0.0);
     if (r < wp.rows) {
         let xb = t * (wp.k / 4u);
-        for (var g = lane; g < wp.k / 4u; g += LANES) {
-            var xv = x[xb + g];
-            if (norm) {
-                acc.z += dot(xv, xv);
-                xv *= norm_w[g];
-            }
-            acc.x += dot(load4(r, 4u * g), xv);
-            if (glu) { acc.y += dot(load4(r + wp.rows, 4u * g), xv); }
+        let n4 = wp.k / 4u;
+        var g = lane;
+        // Four groups per iteration: their loads are independent, so they are all in flight
+        // at once instead of one memory latency per group.
+        for (; g + 3u * LANES < n4; g += 4u * LANES) {
+            acc += group4(r, xb, g, norm, glu) + group4(r, xb, g + LANES, norm, glu)
+                + group4(r, xb, g + 2u * LANES, norm, glu) + group4(r, xb, g + 3u * LANES, norm, glu);
         }
+        for (; g < n4; g += LANES) { acc += group4(r, xb, g, norm, glu); }
     }
     if (LANES > 1u) {
         partial[lid] = acc;
