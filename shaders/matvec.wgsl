@@ -1,8 +1,9 @@
 // Decode-path matrix x vector: y[t][out_offset + r] = sum_k W[r][k] * x[t][k] (+ bias, + y).
 // LANES threads share a row (256 / LANES rows per workgroup), taking its groups of 4 columns
 // in turn, so neighbouring lanes read neighbouring weight words and x values (coalesced).
-// GPUs use 32 lanes and a workgroup reduction; CPU adapters (lavapipe, SwiftShader), where
-// barriers are costly, use 1 lane per row and no barrier at all.
+// GPUs use 32 lanes, summed with subgroup shuffles where the adapter has subgroups
+// (reduce_subgroup.wgsl) or through workgroup memory (reduce_shared.wgsl); CPU adapters
+// (lavapipe, SwiftShader), where barriers are costly, use 1 lane per row and no reduction.
 //
 // Fusions that save a dispatch each in the decode step:
 // - NORM: x is RMS-normalised with weights `norm_w` on the fly. norm(x)·w = inv_rms · (x∘g)·w,
@@ -49,7 +50,7 @@ fn group4(r: u32, xb: u32, g: u32, norm: bool, glu: bool) -> vec3<f32> {
 
 override LANES: u32 = 32u;
 override ROWS_PER_WG: u32 = 256u / LANES;
-var<workgroup> partial: array<vec3<f32>, 256>;
+#include reduce
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -78,17 +79,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         for (; g < n4; g += LANES) { acc += group4(r, xb, g, norm, glu); }
     }
-    if (LANES > 1u) {
-        partial[lid] = acc;
-        workgroupBarrier();
-        for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-            if (lane < s) {
-                partial[lid] += partial[lid + s];
-            }
-            workgroupBarrier();
-        }
-        acc = partial[lid];
-    }
+    acc = reduce_row(acc, lid, lane);
     if (lane == 0u && r < wp.rows) {
         if (norm) { acc *= inverseSqrt(acc.z / f32(wp.k) + wp.eps); }
         let o = wp.out_offset + r;

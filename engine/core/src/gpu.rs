@@ -32,20 +32,30 @@ pub enum Kernel {
 }
 
 /// A shader's text with `#include NAME` lines replaced by the shared WGSL they name.
-fn compose(src: &str) -> String {
-    src.lines()
+/// `#include reduce` picks the subgroup reduction where the device has subgroups.
+fn compose(src: &str, subgroups: bool) -> String {
+    let mut uses_subgroups = false;
+    let body = src
+        .lines()
         .map(|line| match line.strip_prefix("#include ") {
             Some("quant") => include_str!("../../../shaders/quant.wgsl"),
             Some("activation") => include_str!("../../../shaders/activation.wgsl"),
+            Some("reduce") if subgroups => {
+                uses_subgroups = true;
+                include_str!("../../../shaders/reduce_subgroup.wgsl")
+            }
+            Some("reduce") => include_str!("../../../shaders/reduce_shared.wgsl"),
             Some(other) => panic!("unknown WGSL include `{other}`"),
             None => line,
         })
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    // Browsers (Tint) require the directive; naga rejects it and needs none.
+    if uses_subgroups && cfg!(target_arch = "wasm32") { format!("enable subgroups;\n{body}") } else { body }
 }
 
 impl Kernel {
-    fn source(self) -> (String, &'static str) {
+    fn source(self, subgroups: bool) -> (String, &'static str) {
         // Weight kernels get the dequantizer of their type as `load4`.
         let quant = |body: &str, ty: GgmlType| {
             let f = match ty {
@@ -75,7 +85,7 @@ impl Kernel {
             Kernel::ArgmaxFinal => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_final"),
             Kernel::Sample => (include_str!("../../../shaders/sample.wgsl").into(), "sample"),
         };
-        (compose(&src), entry)
+        (compose(&src, subgroups), entry)
     }
 
     pub fn bindings(self) -> &'static [Bind] {
@@ -109,6 +119,8 @@ pub struct AdapterSummary {
     pub max_buffer: u64,
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// Smallest subgroup the adapter may run (0 without the subgroups feature).
+    pub subgroup_min_size: u32,
     /// A software rasterizer on the CPU (lavapipe, SwiftShader): kernels avoid barriers.
     pub cpu: bool,
 }
@@ -118,6 +130,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
     pub summary: AdapterSummary,
+    /// Threads per row in the matvec kernel: 32 on GPUs, 1 on CPU adapters.
+    matvec_lanes: u32,
     /// Set by the device-lost callback or the uncaptured-error handler.
     failure: Arc<Mutex<Option<Error>>>,
     pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
@@ -187,13 +201,16 @@ impl Gpu {
             max_buffer: limits.max_buffer_size,
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups: wanted.contains(wgpu::Features::SUBGROUP),
+            subgroup_min_size: if wanted.contains(wgpu::Features::SUBGROUP) { info.subgroup_min_size } else { 0 },
             cpu: info.device_type == wgpu::DeviceType::Cpu,
         };
+        let matvec_lanes = if summary.cpu { 1 } else { 32 };
         Ok(Gpu {
             device,
             queue,
             limits,
             summary,
+            matvec_lanes,
             failure,
             pipelines: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
@@ -298,7 +315,7 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
             return p.clone();
         }
-        let (src, entry) = kernel.source();
+        let (src, entry) = kernel.source(self.summary.subgroups);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&format!("{kernel:?}")),
             source: wgpu::ShaderSource::Wgsl(src.into()),
@@ -328,14 +345,25 @@ impl Gpu {
     /// Pipeline-overridable constants tuned to the adapter.
     fn overrides(&self, kernel: Kernel) -> Vec<(&'static str, f64)> {
         match kernel {
-            Kernel::MatVec(_) => vec![("LANES", if self.summary.cpu { 1.0 } else { 32.0 })],
+            Kernel::MatVec(_) if self.summary.subgroups => {
+                vec![("LANES", self.matvec_lanes as f64), ("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
+            }
+            Kernel::MatVec(_) => vec![("LANES", self.matvec_lanes as f64)],
             _ => Vec::new(),
         }
     }
 
-    /// Rows one matvec workgroup covers (must match the LANES override).
+    /// Rows one matvec workgroup covers.
     pub fn matvec_rows(&self) -> u32 {
-        if self.summary.cpu { 256 } else { 8 }
+        256 / self.matvec_lanes
+    }
+
+    /// Runs the matvec with `lanes` threads per row (a power of two up to 32) instead of the
+    /// adapter's default, before any pipeline exists: lets tests on a CPU adapter exercise
+    /// the GPU reductions (subgroup shuffles included).
+    pub fn set_matvec_lanes(&mut self, lanes: u32) {
+        assert!(lanes.is_power_of_two() && lanes <= 32 && self.pipelines.get_mut().unwrap().is_empty());
+        self.matvec_lanes = lanes;
     }
 
     fn layout(&self, sig: &'static [Bind]) -> wgpu::BindGroupLayout {

@@ -45,6 +45,22 @@ fn every_quant_type_matches_reference_on_awkward_shapes() {
     }
 }
 
+/// The GPU configuration of the matvec (32 lanes per row, summed with subgroup shuffles
+/// where the adapter has subgroups, else through workgroup memory) on this CPU adapter,
+/// which otherwise runs one lane per row.
+#[test]
+fn matvec_with_32_lanes_matches_reference() {
+    let mut gpu = pollster::block_on(gloss_engine::Gpu::new()).unwrap();
+    gpu.set_matvec_lanes(32);
+    eprintln!("subgroups: {} (min size {})", gpu.summary.subgroups, gpu.summary.subgroup_min_size);
+    for ty in GgmlType::ALL {
+        let k = if ty.block_size() == 256 { 512 } else { 96 };
+        for rows in [1, 67] {
+            check_linear(&gpu, ty, rows, k, 1, rows as u64 * 17);
+        }
+    }
+}
+
 #[test]
 fn gpu_sampler_matches_cpu_reference() {
     let gpu = common::gpu();
