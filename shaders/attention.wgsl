@@ -72,10 +72,12 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var l = 0.0; // running sum, kept by thread g < group
     workgroupBarrier();
 
-    // Dot products: 8 threads per key, each words w0..w0+wpt of the head.
+    // Dot products: 8 threads per key; thread `share` takes words share, share + 8, ... of the
+    // head, so neighbours read neighbouring words (coalesced, and no shared-memory bank
+    // conflicts on q).
     let key = lid / TPK;
     let wpt = hd / 2u / TPK;
-    let w0 = (lid % TPK) * wpt;
+    let share = lid % TPK;
     // Values: slice `ks` takes keys ks, ks+8, ...; lane `vl` words vl, vl+32, ... of the
     // head; acc[wi * MAX_GROUP + g] holds group head g's two values of word vl + 32 wi.
     let ks = lid / 32u;
@@ -91,7 +93,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         let kb = (c + min(key, n - 1u)) * kv_words + head_words;
         for (var i = 0u; i < 16u; i++) {
             if (i < wpt) {
-                let w = w0 + i;
+                let w = share + TPK * i;
                 let kk = unpack2x16float(k_cache[kb + w]);
                 for (var g = 0u; g < MAX_GROUP; g++) {
                     if (g < group) { s[g] += qs[g * hd + 2u * w] * kk.x + qs[g * hd + 2u * w + 1u] * kk.y; }

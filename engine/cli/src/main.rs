@@ -71,12 +71,18 @@ impl Args {
 }
 
 async fn load(args: &Args) -> Result<Engine> {
+    Ok(load_timed(args).await?.0)
+}
+
+/// The model, and the milliseconds `Engine::load` took (file to GPU, pipelines compiled).
+async fn load_timed(args: &Args) -> Result<(Engine, f64)> {
     let path = args.get("model").unwrap_or(DEFAULT_MODEL);
     let gpu = Arc::new(Gpu::new().await?);
     let mut src = FileSource::open(path)?;
     let opts = Options { ctx: args.num("ctx", 4096)?, max_batch: args.num("batch", 256)? };
     let t0 = now_ms();
     let engine = Engine::load(gpu, &mut src, &opts).await?;
+    let load_ms = now_ms() - t0;
     if !args.has("quiet") {
         eprintln!(
             "loaded {} ({}, {} layers, {:.1} MB weights, {}-token context) on {} [{}] in {:.0} ms",
@@ -87,10 +93,10 @@ async fn load(args: &Args) -> Result<Engine> {
             engine.info.context,
             engine.info.adapter.name,
             engine.info.adapter.backend,
-            now_ms() - t0
+            load_ms
         );
     }
-    Ok(engine)
+    Ok((engine, load_ms))
 }
 
 fn print_flush(s: &str) -> Flow {
@@ -176,7 +182,7 @@ async fn perplexity(args: &Args) -> Result<()> {
 
 /// Prefill and decode speed on this machine's GPU, with the physical floors beside them.
 async fn bench(args: &Args) -> Result<()> {
-    let mut engine = load(args).await?;
+    let (mut engine, load_ms) = load_timed(args).await?;
     let gen: usize = args.num("gen-tokens", 256)?;
     let prompt_lens: Vec<usize> = args
         .get("prompt-tokens")
@@ -211,6 +217,8 @@ async fn bench(args: &Args) -> Result<()> {
         let split = (t.encode_ms / t.steps as f64, t.wait_ms / t.steps as f64);
         let (pos, next) = (engine.context_used(), *g.tokens.last().unwrap());
         let mut row = serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft, split);
+        row.pop();
+        row.push_str(&format!(",\"load_ms\":{load_ms:.1}}}"));
         if let Some(ops) = engine.model.profile_decode(next, pos).await? {
             row.pop();
             row.push_str(&format!(",\"kernels\":{}}}", kernel_profile(&ops)));
@@ -246,7 +254,7 @@ fn kernel_profile(ops: &[(String, f64)]) -> String {
 /// One JSON row; `split` is the mean per decode step of CPU encode+submit and GPU wait (ms).
 fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: f64, ttft: f64, split: (f64, f64)) -> String {
     format!(
-        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{}}}",
+        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{},\"gpu_bytes\":{}}}",
         e.info.name,
         e.info.adapter.name,
         n as f64 / (prefill_ms / 1000.0),
@@ -257,7 +265,8 @@ fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: 
         e.model.bytes_per_token,
         e.model.dispatches_per_token(),
         e.model.weight_bytes,
-        e.model.kv_bytes
+        e.model.kv_bytes,
+        e.model.gpu_bytes
     )
 }
 

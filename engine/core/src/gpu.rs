@@ -132,6 +132,8 @@ pub struct Gpu {
     pub summary: AdapterSummary,
     /// Threads per row in the matvec kernel: 32 on GPUs, 1 on CPU adapters.
     matvec_lanes: u32,
+    /// Bytes of storage and uniform buffers created so far (what a loaded model holds).
+    pub allocated: std::sync::atomic::AtomicU64,
     /// Set by the device-lost callback or the uncaptured-error handler.
     failure: Arc<Mutex<Option<Error>>>,
     pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
@@ -211,6 +213,7 @@ impl Gpu {
             limits,
             summary,
             matvec_lanes,
+            allocated: Default::default(),
             failure,
             pipelines: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
@@ -243,6 +246,7 @@ impl Gpu {
                 size - self.max_binding()
             )));
         }
+        self.allocated.fetch_add(size.max(16).next_multiple_of(4), std::sync::atomic::Ordering::Relaxed);
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(16).next_multiple_of(4),
@@ -258,9 +262,11 @@ impl Gpu {
     }
 
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        let size = (std::mem::size_of::<T>() as u64).next_multiple_of(16);
+        self.allocated.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         let b = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: (std::mem::size_of::<T>() as u64).next_multiple_of(16),
+            size,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });

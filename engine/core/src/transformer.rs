@@ -358,6 +358,8 @@ pub struct Transformer {
     pub kv_bytes: u64,
     /// Bytes of weights read from memory per decoded token (the bandwidth floor).
     pub bytes_per_token: u64,
+    /// Bytes of GPU buffers the model holds: weights, KV cache, activations, scratch.
+    pub gpu_bytes: u64,
     /// Totals over sampled steps since the last reset: CPU time encoding and submitting,
     /// and time blocked reading ids back (benchmarks tell CPU overhead from GPU work).
     pub step_times: std::cell::Cell<StepTimes>,
@@ -461,6 +463,7 @@ impl Transformer {
         let ctx = opts.ctx.max(1);
         let max_batch = opts.max_batch.clamp(1, ctx);
         let g = &*gpu;
+        let allocated_before = g.allocated.load(std::sync::atomic::Ordering::Relaxed);
         let tensor = |name: &str| -> Result<&TensorInfo> {
             gguf.tensor(name).ok_or_else(|| Error::Corrupt(format!("tensor `{name}` is missing")))
         };
@@ -554,7 +557,11 @@ impl Transformer {
         let ids = g.storage("ids", (max_batch * 4) as u64)?;
         let dummy = g.storage("dummy", 16)?;
         let row_bytes = f32s(cfg.vocab);
-        let logit_rows = ((g.max_binding().min(256 << 20) / row_bytes) as usize).clamp(1, max_batch);
+        // Rows of logits one pass can return (scoring, perplexity): about 3% of the weights'
+        // size, so GPU memory stays near weights + KV cache (Gemma's 262k vocabulary makes a
+        // row 1 MB).
+        let file_weights: u64 = gguf.tensors.iter().map(|t| t.size).sum();
+        let logit_rows = ((g.max_binding().min(file_weights / 32) / row_bytes) as usize).clamp(1, max_batch);
         let logits = g.storage("logits", row_bytes * logit_rows as u64)?;
 
         let rope_factors = match gguf.tensor("rope_freqs.weight") {
@@ -747,6 +754,7 @@ impl Transformer {
             weight_bytes,
             kv_bytes,
             bytes_per_token,
+            gpu_bytes: g.allocated.load(std::sync::atomic::Ordering::Relaxed) - allocated_before,
             step_times: Default::default(),
         })
     }
