@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Turns scripts/bench's rows into a Markdown table: Gloss and llama.cpp side by side, and
+"""Turns scripts/bench's rows into Markdown tables: Gloss and llama.cpp side by side;
 Gloss's decode time against its physical floors (weights read / bandwidth, dispatches x
-per-dispatch cost)."""
+per-dispatch cost); GPU memory held against weights + KV cache; and where one decode step's
+GPU time goes (timestamp queries, one pass per op)."""
 import json, os, sys
 
 BW = float(os.environ.get("BANDWIDTH", 2.75e12))
@@ -24,11 +25,14 @@ for f in files:
     for r in g:
         ref = llama(r["prompt_tokens"], 0)
         print(f"| {name} | prefill {r['prompt_tokens']} tok/s | {r['prefill_tok_s']:.0f} | {num(ref)} | {ratio(r['prefill_tok_s'], ref)} |")
-    if g:
-        d = g[0]
-        ref = llama(0, d["gen_tokens"])
-        print(f"| {name} | decode {d['gen_tokens']} tok/s (after {d['prompt_tokens']}) | {d['decode_tok_s']:.0f} | {num(ref)} | {ratio(d['decode_tok_s'], ref)} |")
+    for i, d in enumerate(g):
+        # llama-bench's tg row starts from an empty context: compare it with the first row.
+        ref = llama(0, d["gen_tokens"]) if i == 0 else None
+        print(f"| {name} | decode {d['gen_tokens']} tok/s (after {d['prompt_tokens']}) | {d['decode_tok_s']:.0f} | {num(ref) if i == 0 else ''} | {ratio(d['decode_tok_s'], ref) if i == 0 else ''} |")
+    for d in g[:1]:
         print(f"| {name} | first token ms (after {d['prompt_tokens']}-token prefill) | {d['first_token_ms']:.1f} | | |")
+        if "load_ms" in d:
+            print(f"| {name} | load ms (file to GPU, pipelines compiled) | {d['load_ms']:.0f} | | |")
 print()
 print(f"Decode floors (bandwidth {BW / 1e12:.2f} TB/s, {DISPATCH_US} µs per dependent dispatch):")
 print()
@@ -40,3 +44,23 @@ for f in files:
         bw_ms = d["bytes_per_token"] / BW * 1000
         disp_ms = d["dispatches_per_token"] * DISPATCH_US / 1000
         print(f"| {os.path.basename(f)} | {ms:.3f} | {bw_ms:.3f} | {disp_ms:.3f} | {d['dispatches_per_token']} | {d['bytes_per_token'] / 1e6:.1f} |")
+
+if any("gpu_bytes" in r for r in rows):
+    print()
+    print("GPU memory the loaded model holds (all buffers: weights, KV cache, activations, scratch):")
+    print()
+    print("| model | GPU MB | weights MB | KV cache MB | GPU / (weights + KV) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for f in files:
+        for d in [r for r in rows if r["file"] == f and r["engine"] == "gloss" and "gpu_bytes" in r][:1]:
+            base = d["weight_bytes"] + d["kv_bytes"]
+            print(f"| {os.path.basename(f)} | {d['gpu_bytes'] / 1e6:.1f} | {d['weight_bytes'] / 1e6:.1f} | {d['kv_bytes'] / 1e6:.1f} | {d['gpu_bytes'] / base:.2f} |")
+for f in files:
+    for d in [r for r in rows if r["file"] == f and r["engine"] == "gloss" and "kernels" in r][:1]:
+        print()
+        print(f"{os.path.basename(f)}: GPU time of one decode step after {d['prompt_tokens']} tokens, by op (µs; each op timed in its own pass, so the sum exceeds the step):")
+        print()
+        print("| op | dispatches | µs | µs each |")
+        print("| --- | ---: | ---: | ---: |")
+        for label, n, ms in d["kernels"]:
+            print(f"| {label} | {n} | {ms * 1000:.0f} | {ms * 1000 / n:.1f} |")

@@ -8,12 +8,13 @@ import path from 'node:path';
 const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json', '.css': 'text/css' };
 
 /**
- * Serves `root`. `routes` maps URL paths to files outside it. Knobs for tests:
+ * Serves `root`. `routes` maps URL paths to files outside it; `extraHeaders` go on every
+ * response (cross-origin isolation for the browser benchmark). Knobs for tests:
  * `cut(bytes)` makes the server die mid-transfer once that many more body bytes have gone
  * out (connections dropped, later requests too) until `heal()`; `state.corrupt` flips a byte
  * in the middle of every body.
  */
-export async function serve(root, routes = {}) {
+export async function serve(root, routes = {}, extraHeaders = {}) {
   const state = { requests: [], served: 0, limit: Infinity, corrupt: false };
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1');
@@ -27,7 +28,7 @@ export async function serve(root, routes = {}) {
     let stat;
     try { stat = fs.statSync(file); } catch { res.writeHead(404).end(); return; }
     if (!stat.isFile()) { res.writeHead(404).end(); return; }
-    const headers = { 'Content-Type': TYPES[path.extname(file)] ?? 'application/octet-stream', 'Accept-Ranges': 'bytes', 'Access-Control-Allow-Origin': '*', 'Access-Control-Expose-Headers': 'Content-Length, Content-Range, Accept-Ranges' };
+    const headers = { 'Content-Type': TYPES[path.extname(file)] ?? 'application/octet-stream', 'Accept-Ranges': 'bytes', 'Access-Control-Allow-Origin': '*', 'Access-Control-Expose-Headers': 'Content-Length, Content-Range, Accept-Ranges', ...extraHeaders };
     let start = 0, end = stat.size - 1, status = 200;
     const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
     if (m) {
