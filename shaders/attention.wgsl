@@ -59,7 +59,33 @@ var<workgroup> m_run: f32;
 var<workgroup> m_new: f32;
 var<workgroup> corr: f32;
 
-#include rotary
+const TWO_PI: f32 = 6.283185307179586;
+
+// Rotates pair i of `head` (in workgroup memory) to position `pos`, the way rope_kv.wgsl does.
+fn rotate(i: u32, pos: u32, to_k: bool) {
+    let half = ap.n_rot / 2u;
+    let theta = f32(pos) * inv_freq[i];
+    let a = theta - TWO_PI * floor(theta / TWO_PI + 0.5);
+    let c = cos(a);
+    let s = sin(a);
+    var i0 = 2u * i;
+    var i1 = i0 + 1u;
+    if ((ap.flags & 2u) != 0u) {
+        i0 = i;
+        i1 = i + half;
+    }
+    if (to_k) {
+        let x0 = kc[i0];
+        let x1 = kc[i1];
+        kc[i0] = x0 * c - x1 * s;
+        kc[i1] = x0 * s + x1 * c;
+    } else {
+        let x0 = qs[i0];
+        let x1 = qs[i1];
+        qs[i0] = x0 * c - x1 * s;
+        qs[i1] = x0 * s + x1 * c;
+    }
+}
 
 // Fused decode prologue (rope_kv.wgsl's work for this head): q from `qb`, and with `own` the
 // key and value of the kv head at `kb` (raw, as the QKV matvec wrote them): q/k norms,
@@ -93,15 +119,8 @@ fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
     }
     workgroupBarrier();
     if (lid < ap.n_rot / 2u) {
-        let r = rotation(lid, pos, ap.n_rot, (ap.flags & 2u) != 0u);
-        let xq = rotated(r, qs[r.i0], qs[r.i1]);
-        qs[r.i0] = xq.x;
-        qs[r.i1] = xq.y;
-        if (own) {
-            let xk = rotated(r, kc[r.i0], kc[r.i1]);
-            kc[r.i0] = xk.x;
-            kc[r.i1] = xk.y;
-        }
+        rotate(lid, pos, false);
+        if (own) { rotate(lid, pos, true); }
     }
     workgroupBarrier();
     if (lid < hd) {

@@ -40,7 +40,6 @@ fn compose(src: &str, subgroups: bool) -> String {
         .map(|line| match line.strip_prefix("#include ") {
             Some("quant") => include_str!("../../../shaders/quant.wgsl"),
             Some("activation") => include_str!("../../../shaders/activation.wgsl"),
-            Some("rotary") => include_str!("../../../shaders/rotary.wgsl"),
             Some("reduce") if subgroups => {
                 uses_subgroups = true;
                 include_str!("../../../shaders/reduce_subgroup.wgsl")
