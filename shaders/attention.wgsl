@@ -18,28 +18,20 @@ struct AParams {
     window: u32,
     scale: f32,
     q_stride: u32, // floats per token in the q buffer (q, k and v rows side by side)
-    // 1: decode with rope_kv fused (raw q, k, v in; this step's k and v go to the cache);
-    // 2: NeoX rotation; 4: q/k norms (weights: q norm then k norm)
-    flags: u32,
-    n_rot: u32,
-    eps: f32,
     _p0: u32,
     _p1: u32,
-    _p2: u32,
 }
 // `splits` key splits of `chunk` positions each, per token (set per step on the CPU).
 struct Step { n_tok: u32, pos0: u32, splits: u32, chunk: u32 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read_write> k_cache: array<u32>;
-@group(0) @binding(2) var<storage, read_write> v_cache: array<u32>;
+@group(0) @binding(1) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(2) var<storage, read> v_cache: array<u32>;
 // Per (token, head, split): head_dim accumulators, then max, then sum.
 @group(0) @binding(3) var<storage, read_write> part: array<f32>;
 @group(0) @binding(4) var<uniform> ap: AParams;
 @group(0) @binding(5) var<uniform> step: Step;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
-@group(0) @binding(7) var<storage, read> norm_w: array<f32>;
-@group(0) @binding(8) var<storage, read> inv_freq: array<f32>;
 
 const WG: u32 = 256u;
 const TILE: u32 = 32u;          // keys per inner step
@@ -50,8 +42,6 @@ const MAX_WPL: u32 = 4u;        // value words per lane (head_dim 256 / 2 / 32)
 const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, 256>;
-var<workgroup> kc: array<f32, 256>;     // fused decode: this step's key, normed and rotated
-var<workgroup> vc: array<f32, 256>;     // fused decode: this step's value
 var<workgroup> red: array<f32, 2048>;   // partial dot products; at the end, slice sums
 var<workgroup> sc: array<f32, TILE>;    // scores
 var<workgroup> pr: array<f32, TILE>;    // probabilities
@@ -59,86 +49,8 @@ var<workgroup> m_run: f32;
 var<workgroup> m_new: f32;
 var<workgroup> corr: f32;
 
-const TWO_PI: f32 = 6.283185307179586;
-
-// Rotates pair i of `head` (in workgroup memory) to position `pos`, the way rope_kv.wgsl does.
-fn rotate(i: u32, pos: u32, to_k: bool) {
-    let half = ap.n_rot / 2u;
-    let theta = f32(pos) * inv_freq[i];
-    let a = theta - TWO_PI * floor(theta / TWO_PI + 0.5);
-    let c = cos(a);
-    let s = sin(a);
-    var i0 = 2u * i;
-    var i1 = i0 + 1u;
-    if ((ap.flags & 2u) != 0u) {
-        i0 = i;
-        i1 = i + half;
-    }
-    if (to_k) {
-        let x0 = kc[i0];
-        let x1 = kc[i1];
-        kc[i0] = x0 * c - x1 * s;
-        kc[i1] = x0 * s + x1 * c;
-    } else {
-        let x0 = qs[i0];
-        let x1 = qs[i1];
-        qs[i0] = x0 * c - x1 * s;
-        qs[i1] = x0 * s + x1 * c;
-    }
-}
-
-// Fused decode prologue (rope_kv.wgsl's work for this head): q from `qb`, and with `own` the
-// key and value of the kv head at `kb` (raw, as the QKV matvec wrote them): q/k norms,
-// rotation, and q's attention scale. Uniform control flow: every invocation calls it.
-fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
-    let lid = local_id;
-    let hd = ap.head_dim;
-    let kv_dim = ap.n_kv * hd;
-    if (lid < hd) {
-        qs[lid] = q[qb + lid];
-        if (own) {
-            kc[lid] = q[kb + lid];
-            vc[lid] = q[kb + kv_dim + lid];
-        }
-    }
-    if ((ap.flags & 4u) != 0u) {
-        red[lid] = select(0.0, qs[lid] * qs[lid], lid < hd);
-        red[WG + lid] = select(0.0, kc[lid] * kc[lid], own && lid < hd);
-        workgroupBarrier();
-        for (var k = WG / 2u; k > 0u; k >>= 1u) {
-            if (lid < k) {
-                red[lid] += red[lid + k];
-                red[WG + lid] += red[WG + lid + k];
-            }
-            workgroupBarrier();
-        }
-        if (lid < hd) {
-            qs[lid] *= inverseSqrt(red[0] / f32(hd) + ap.eps) * norm_w[lid];
-            if (own) { kc[lid] *= inverseSqrt(red[WG] / f32(hd) + ap.eps) * norm_w[hd + lid]; }
-        }
-    }
-    workgroupBarrier();
-    if (lid < ap.n_rot / 2u) {
-        rotate(lid, pos, false);
-        if (own) { rotate(lid, pos, true); }
-    }
-    workgroupBarrier();
-    if (lid < hd) {
-        qs[lid] *= ap.scale;
-        // This step's key and value at the cache's f16 precision, as every later step sees
-        // them (and as llama.cpp, which stores before attending).
-        if (own) {
-            kc[lid] = unpack2x16float(pack2x16float(vec2<f32>(kc[lid], 0.0))).x;
-            vc[lid] = unpack2x16float(pack2x16float(vec2<f32>(vc[lid], 0.0))).x;
-        }
-    }
-}
-
-var<private> local_id: u32;
-
 @compute @workgroup_size(256)
 fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    local_id = lid;
     let h = wid.x;
     let split = wid.y;
     let t = wid.z;
@@ -153,22 +65,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let hi = min(pos + 1u, (split + 1u) * step.chunk); // keys lo..hi-1
 
     let qb = t * ap.q_stride + h * hd;
-    let fused = (ap.flags & 1u) != 0u;
-    // Fused decode: the workgroup whose split holds this step's position makes its key (and
-    // value) itself; the first query head of each kv group also appends them to the cache.
-    let own = fused && pos >= lo && pos < hi;
-    if (fused) {
-        prepare(qb, t * ap.q_stride + (ap.n_head + kvh) * hd, own, pos);
-        if (own && h % (ap.n_head / ap.n_kv) == 0u) {
-            let dst = pos * kv_words + head_words;
-            for (var w = lid; w < hd / 2u; w += WG) {
-                k_cache[dst + w] = pack2x16float(vec2<f32>(kc[2u * w], kc[2u * w + 1u]));
-                v_cache[dst + w] = pack2x16float(vec2<f32>(vc[2u * w], vc[2u * w + 1u]));
-            }
-        }
-    } else {
-        for (var i = lid; i < hd; i += WG) { qs[i] = q[qb + i] * ap.scale; }
-    }
+    for (var i = lid; i < hd; i += WG) { qs[i] = q[qb + i] * ap.scale; }
     if (lid == 0u) { m_run = NEG; }
     var l = 0.0; // running sum, kept by thread 0
     workgroupBarrier();
@@ -190,12 +87,10 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         let n = min(TILE, hi - c);
         let kb = (c + min(key, n - 1u)) * kv_words + head_words;
         var s = 0.0;
-        let from_kc = own && c + min(key, n - 1u) == pos;
         for (var i = 0u; i < 16u; i++) {
             if (i < wpt) {
                 let w = share + TPK * i;
-                var kk = unpack2x16float(k_cache[kb + w]);
-                if (from_kc) { kk = vec2<f32>(kc[2u * w], kc[2u * w + 1u]); }
+                let kk = unpack2x16float(k_cache[kb + w]);
                 s += qs[2u * w] * kk.x + qs[2u * w + 1u] * kk.y;
             }
         }
@@ -233,10 +128,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 // Keys past n have p = 0 and read a valid row instead of branching.
                 for (var i = 0u; i < KPS; i++) {
                     let jj = ks + SLICES * i;
-                    let row = c + min(jj, n - 1u);
-                    var vv = unpack2x16float(v_cache[row * kv_words + head_words + w]);
-                    if (own && row == pos) { vv = vec2<f32>(vc[2u * w], vc[2u * w + 1u]); }
-                    a += pr[jj] * vv;
+                    a += pr[jj] * unpack2x16float(v_cache[(c + min(jj, n - 1u)) * kv_words + head_words + w]);
                 }
                 acc[wi] = a;
             }

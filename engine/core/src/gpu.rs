@@ -96,7 +96,7 @@ impl Kernel {
             Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
             // One layout for both entry points, so they share a bind group.
-            Kernel::Attention | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
+            Kernel::Attention | Kernel::AttentionCombine => &[Read, Read, Read, ReadWrite, Uniform, Uniform, ReadWrite],
             Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],
             Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::Sample => {
                 &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform]

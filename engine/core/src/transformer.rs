@@ -94,11 +94,7 @@ struct AParams {
     window: u32,
     scale: f32,
     q_stride: u32,
-    /// 1: decode with rope_kv fused in; 2: NeoX rotation; 4: q/k norms.
-    flags: u32,
-    n_rot: u32,
-    eps: f32,
-    _p: [u32; 3],
+    _p: [u32; 2],
 }
 
 #[repr(C)]
@@ -592,7 +588,7 @@ impl Transformer {
         let kv_words = (ctx * kvd / 2 * 4) as u64;
         let mut kv_bytes = 0;
         let glu_params = g.uniform("gparams", &U4 { a: cfg.n_ff as u32, b: (cfg.act == Activation::GeluTanh) as u32, _p: [0; 2] });
-        let aparams = |window: u32, fused: bool| {
+        let aparams = |window: u32| {
             g.uniform(
                 "aparams",
                 &AParams {
@@ -602,15 +598,11 @@ impl Transformer {
                     window,
                     scale: cfg.attn_scale,
                     q_stride: qkv_stride as u32,
-                    flags: fused as u32 | (cfg.rope_neox as u32) << 1 | (cfg.qk_norm as u32) << 2,
-                    n_rot: cfg.n_rot as u32,
-                    eps: cfg.rms_eps,
-                    _p: [0; 3],
+                    _p: [0; 2],
                 },
             )
         };
-        // [window][fused]: full and sliding-window layers, prefill and decode.
-        let attn_params = [[aparams(0, false), aparams(0, true)], [aparams(cfg.window as u32, false), aparams(cfg.window as u32, true)]];
+        let (aparams_full, aparams_swa) = (aparams(0), aparams(cfg.window as u32));
         let pparams = g.uniform(
             "pparams",
             &PParams {
@@ -656,7 +648,7 @@ impl Transformer {
             let v_cache = g.storage("v_cache", kv_words)?;
             kv_bytes += 2 * kv_words;
             let freqs = if cfg.swa_layers[l] { &inv_freq_swa } else { &inv_freq };
-            let swa = cfg.swa_layers[l] as usize;
+            let aparams = if cfg.swa_layers[l] { &aparams_swa } else { &aparams_full };
             let eps = cfg.rms_eps;
 
             for (b, decode) in [(&mut pre, false), (&mut dec, true)] {
@@ -672,13 +664,9 @@ impl Transformer {
                 for (m, offset) in &wqkv {
                     b.linear(m, &Lin { bias: bqkv.as_ref(), ..lin(x, &act.qkv, *offset, qkv_stride, nw, 0) });
                 }
-                let norm_w = qk_norm.as_ref().unwrap_or(&dummy);
-                // Decode rotates q and k and appends to the cache inside attention.
-                if !decode {
-                    let pbind = [&act.qkv, norm_w, freqs, &k_cache, &v_cache, &pparams, &step];
-                    b.op(Kernel::RopeKv, &pbind, Grid::PerToken((cfg.n_head + cfg.n_kv_head) as u32));
-                }
-                let abind = [&act.qkv, &k_cache, &v_cache, &act.part, &attn_params[swa][decode as usize], &step, &act.att, norm_w, freqs];
+                let pbind = [&act.qkv, qk_norm.as_ref().unwrap_or(&dummy), freqs, &k_cache, &v_cache, &pparams, &step];
+                b.op(Kernel::RopeKv, &pbind, Grid::PerToken((cfg.n_head + cfg.n_kv_head) as u32));
+                let abind = [&act.qkv, &k_cache, &v_cache, &act.part, aparams, &step, &act.att];
                 b.op(Kernel::Attention, &abind, Grid::Attention(cfg.n_head as u32));
                 b.op(Kernel::AttentionCombine, &abind, Grid::PerToken(cfg.n_head as u32));
                 match &post {
