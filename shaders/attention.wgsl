@@ -1,11 +1,10 @@
 // Causal attention over the KV cache, split over the keys (flash-decoding): `partial` runs one
-// workgroup per (query head, key split, query token) and leaves an unnormalised result with
-// its running max and sum; `combine` merges a token's splits per head. One workgroup per
+// workgroup per (kv head, key split, query token) and leaves an unnormalised result with its
+// running max and sum; `combine` merges a token's splits per query head. One workgroup per
 // head would leave a big GPU idle and serialise long contexts; splits keep every context
-// length parallel. Query heads sharing a kv head (grouped-query attention) each read it:
-// small models have one to three kv heads, and a workgroup per query head is worth more
-// parallelism than the repeated reads (which hit the cache) cost. `window` > 0 limits a
-// query to its last `window` positions (Gemma's sliding-window layers).
+// length parallel. A kv head's workgroup serves all its query heads (grouped-query
+// attention), so each key and value is read once per group. `window` > 0 limits a query to
+// its last `window` positions (Gemma's sliding-window layers).
 //
 // Within a workgroup, keys go in tiles of 32: 8 threads share each key's dot products, every
 // (head, key) pair gets its probability in parallel, and 8 key slices accumulate the values
@@ -38,24 +37,27 @@ const TILE: u32 = 32u;          // keys per inner step
 const TPK: u32 = WG / TILE;     // threads per key in the dot products
 const SLICES: u32 = 8u;         // key slices in the value pass
 const KPS: u32 = TILE / SLICES; // keys per slice per tile
+const MAX_GROUP: u32 = 8u;      // query heads per kv head
+const MAX_GQ: u32 = 1024u;      // query heads per kv head x head_dim
 const MAX_WPL: u32 = 4u;        // value words per lane (head_dim 256 / 2 / 32)
 const NEG: f32 = -3.0e38;
 
-var<workgroup> qs: array<f32, 256>;
+var<workgroup> qs: array<f32, MAX_GQ>;
 var<workgroup> red: array<f32, 2048>;   // partial dot products; at the end, slice sums
-var<workgroup> sc: array<f32, TILE>;    // scores
-var<workgroup> pr: array<f32, TILE>;    // probabilities
-var<workgroup> m_run: f32;
-var<workgroup> m_new: f32;
-var<workgroup> corr: f32;
+var<workgroup> sc: array<f32, 256>;     // [group head][key]: scores
+var<workgroup> pr: array<f32, 256>;     // [group head][key]: probabilities
+var<workgroup> m_run: array<f32, MAX_GROUP>;
+var<workgroup> m_new: array<f32, MAX_GROUP>;
+var<workgroup> corr: array<f32, MAX_GROUP>;
 
 @compute @workgroup_size(256)
 fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let h = wid.x;
+    let kvh = wid.x;
     let split = wid.y;
     let t = wid.z;
     let hd = ap.head_dim;
-    let kvh = h / (ap.n_head / ap.n_kv);
+    let group = ap.n_head / ap.n_kv;
+    let gq = group * hd;
     let kv_words = ap.n_kv * hd / 2u;
     let head_words = kvh * hd / 2u;
     let pos = step.pos0 + t;
@@ -64,10 +66,10 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let lo = max(first, split * step.chunk);
     let hi = min(pos + 1u, (split + 1u) * step.chunk); // keys lo..hi-1
 
-    let qb = t * ap.q_stride + h * hd;
-    for (var i = lid; i < hd; i += WG) { qs[i] = q[qb + i] * ap.scale; }
-    if (lid == 0u) { m_run = NEG; }
-    var l = 0.0; // running sum, kept by thread 0
+    let qb = t * ap.q_stride + kvh * gq;
+    for (var i = lid; i < gq; i += WG) { qs[i] = q[qb + i] * ap.scale; }
+    if (lid < group) { m_run[lid] = NEG; }
+    var l = 0.0; // running sum, kept by thread g < group
     workgroupBarrier();
 
     // Dot products: 8 threads per key; thread `share` takes words share, share + 8, ... of the
@@ -76,85 +78,110 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let key = lid / TPK;
     let wpt = hd / 2u / TPK;
     let share = lid % TPK;
-    // Values: slice `ks` takes keys ks, ks+8, ...; lane `vl` words vl, vl+32, ... of the head.
+    // Values: slice `ks` takes keys ks, ks+8, ...; lane `vl` words vl, vl+32, ... of the
+    // head; acc[wi * MAX_GROUP + g] holds group head g's two values of word vl + 32 wi.
     let ks = lid / 32u;
     let vl = lid % 32u;
     let hw = hd / 2u;
-    var acc: array<vec2<f32>, MAX_WPL>;
-    for (var i = 0u; i < MAX_WPL; i++) { acc[i] = vec2<f32>(0.0); }
+    var acc: array<vec2<f32>, 32>;
+    for (var i = 0u; i < 32u; i++) { acc[i] = vec2<f32>(0.0); }
     // Constant loop bounds below let arrays live in registers and loads go out together.
     for (var c = lo; c < hi; c += TILE) {
         let n = min(TILE, hi - c);
+        var s: array<f32, MAX_GROUP>;
+        for (var g = 0u; g < MAX_GROUP; g++) { s[g] = 0.0; }
         let kb = (c + min(key, n - 1u)) * kv_words + head_words;
-        var s = 0.0;
         for (var i = 0u; i < 16u; i++) {
             if (i < wpt) {
                 let w = share + TPK * i;
                 let kk = unpack2x16float(k_cache[kb + w]);
-                s += qs[2u * w] * kk.x + qs[2u * w + 1u] * kk.y;
+                for (var g = 0u; g < MAX_GROUP; g++) {
+                    if (g < group) { s[g] += qs[g * hd + 2u * w] * kk.x + qs[g * hd + 2u * w + 1u] * kk.y; }
+                }
             }
         }
-        red[lid] = s;
-        workgroupBarrier();
-        if (lid < TILE) {
-            var d = 0.0;
-            for (var p = 0u; p < TPK; p++) { d += red[lid * TPK + p]; }
-            sc[lid] = select(NEG, d, lid < n);
+        for (var g = 0u; g < MAX_GROUP; g++) {
+            if (g < group) { red[g * WG + lid] = s[g]; }
         }
         workgroupBarrier();
-        if (lid < TILE) {
-            var mx = vec4<f32>(m_run);
+        let g = lid / TILE;
+        let j = lid % TILE;
+        if (g < group) {
+            var d = 0.0;
+            for (var p = 0u; p < TPK; p++) { d += red[g * WG + j * TPK + p]; }
+            sc[lid] = select(NEG, d, j < n);
+        }
+        workgroupBarrier();
+        if (g < group) {
+            var mx = vec4<f32>(m_run[g]);
             for (var jj = 0u; jj < TILE; jj += 4u) {
-                mx = max(mx, vec4<f32>(sc[jj], sc[jj + 1u], sc[jj + 2u], sc[jj + 3u]));
+                let b = g * TILE + jj;
+                mx = max(mx, vec4<f32>(sc[b], sc[b + 1u], sc[b + 2u], sc[b + 3u]));
             }
             let m = max(max(mx.x, mx.y), max(mx.z, mx.w));
-            pr[lid] = select(0.0, exp(sc[lid] - m), lid < n);
-            if (lid == 0u) {
-                m_new = m;
-                corr = exp(m_run - m);
+            pr[lid] = select(0.0, exp(sc[lid] - m), j < n);
+            if (j == 0u) {
+                m_new[g] = m;
+                corr[g] = exp(m_run[g] - m);
             }
         }
         workgroupBarrier();
-        if (lid == 0u) {
+        if (lid < group) {
             var sum = vec4<f32>(0.0);
-            for (var jj = 0u; jj < TILE; jj += 4u) { sum += vec4<f32>(pr[jj], pr[jj + 1u], pr[jj + 2u], pr[jj + 3u]); }
-            l = l * corr + sum.x + sum.y + sum.z + sum.w;
-            m_run = m_new;
+            for (var jj = 0u; jj < TILE; jj += 4u) {
+                let b = lid * TILE + jj;
+                sum += vec4<f32>(pr[b], pr[b + 1u], pr[b + 2u], pr[b + 3u]);
+            }
+            l = l * corr[lid] + sum.x + sum.y + sum.z + sum.w;
+            m_run[lid] = m_new[lid];
         }
         for (var wi = 0u; wi < MAX_WPL; wi++) {
             let w = vl + 32u * wi;
             if (w < hw) {
-                var a = acc[wi] * corr;
+                for (var g = 0u; g < MAX_GROUP; g++) {
+                    if (g < group) { acc[wi * MAX_GROUP + g] *= corr[g]; }
+                }
                 // Keys past n have p = 0 and read a valid row instead of branching.
                 for (var i = 0u; i < KPS; i++) {
                     let jj = ks + SLICES * i;
-                    a += pr[jj] * unpack2x16float(v_cache[(c + min(jj, n - 1u)) * kv_words + head_words + w]);
+                    let vv = unpack2x16float(v_cache[(c + min(jj, n - 1u)) * kv_words + head_words + w]);
+                    for (var g = 0u; g < MAX_GROUP; g++) {
+                        if (g < group) { acc[wi * MAX_GROUP + g] += pr[g * TILE + jj] * vv; }
+                    }
                 }
-                acc[wi] = a;
             }
         }
         workgroupBarrier();
     }
 
-    // Sum the slices (red holds [slice][head_dim]).
-    for (var wi = 0u; wi < MAX_WPL; wi++) {
-        let w = vl + 32u * wi;
-        if (w < hw) {
-            red[ks * hd + 2u * w] = acc[wi].x;
-            red[ks * hd + 2u * w + 1u] = acc[wi].y;
+    // Sum the slices, one group head at a time (red holds [slice][head_dim]).
+    let stride = hd + 2u;
+    for (var g = 0u; g < MAX_GROUP; g++) {
+        if (g < group) {
+            for (var wi = 0u; wi < MAX_WPL; wi++) {
+                let w = vl + 32u * wi;
+                if (w < hw) {
+                    red[ks * hd + 2u * w] = acc[wi * MAX_GROUP + g].x;
+                    red[ks * hd + 2u * w + 1u] = acc[wi * MAX_GROUP + g].y;
+                }
+            }
+            workgroupBarrier();
+            let h = kvh * group + g;
+            let pb = ((t * ap.n_head + h) * step.splits + split) * stride;
+            for (var d = lid; d < hd; d += WG) {
+                var v = 0.0;
+                for (var k = 0u; k < SLICES; k++) { v += red[k * hd + d]; }
+                part[pb + d] = v;
+            }
+            if (lid == 0u) {
+                part[pb + hd] = m_run[g];
+            }
+            workgroupBarrier();
         }
     }
-    workgroupBarrier();
-    let stride = hd + 2u;
-    let pb = ((t * ap.n_head + h) * step.splits + split) * stride;
-    for (var d = lid; d < hd; d += WG) {
-        var v = 0.0;
-        for (var k = 0u; k < SLICES; k++) { v += red[k * hd + d]; }
-        part[pb + d] = v;
-    }
-    if (lid == 0u) {
-        part[pb + hd] = m_run;
-        part[pb + hd + 1u] = l;
+    if (lid < group) {
+        let pb = ((t * ap.n_head + kvh * group + lid) * step.splits + split) * stride + hd;
+        part[pb + 1u] = l;
     }
 }
 

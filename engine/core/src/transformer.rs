@@ -253,7 +253,7 @@ enum Grid {
     Elems(u32),
     /// A linear layer: matvec for one token, tiled matmul for more.
     Linear { rows: u32, last_only: bool },
-    /// Attention's (heads, key splits, tokens).
+    /// Attention's (kv heads, key splits, tokens).
     Attention(u32),
     Fixed(u32),
 }
@@ -529,8 +529,12 @@ impl Transformer {
         if cfg.head_dim > 256 || cfg.head_dim % 16 != 0 {
             return Err(Error::Unsupported(format!("head dimension {} (attention supports multiples of 16 up to 256)", cfg.head_dim)));
         }
-        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 {
-            return Err(Error::Corrupt(format!("{} query heads do not group over {} kv heads", cfg.n_head, cfg.n_kv_head)));
+        let group = cfg.n_head / cfg.n_kv_head.max(1);
+        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 || group > 8 || group * cfg.head_dim > 1024 {
+            return Err(Error::Unsupported(format!(
+                "{} query heads over {} kv heads of size {} (attention groups up to 8 heads and 1024 values)",
+                cfg.n_head, cfg.n_kv_head, cfg.head_dim
+            )));
         }
         if cfg.n_rot > cfg.head_dim || cfg.n_rot % 2 == 1 {
             return Err(Error::Corrupt(format!("rope dimension {} does not fit head dimension {}", cfg.n_rot, cfg.head_dim)));
@@ -667,7 +671,7 @@ impl Transformer {
                 let pbind = [&act.qkv, qk_norm.as_ref().unwrap_or(&dummy), freqs, &k_cache, &v_cache, &pparams, &step];
                 b.op(Kernel::RopeKv, &pbind, Grid::PerToken((cfg.n_head + cfg.n_kv_head) as u32));
                 let abind = [&act.qkv, &k_cache, &v_cache, &act.part, aparams, &step, &act.att];
-                b.op(Kernel::Attention, &abind, Grid::Attention(cfg.n_head as u32));
+                b.op(Kernel::Attention, &abind, Grid::Attention(cfg.n_kv_head as u32));
                 b.op(Kernel::AttentionCombine, &abind, Grid::PerToken(cfg.n_head as u32));
                 match &post {
                     Some((post_attn, _)) => {
@@ -986,7 +990,7 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
                 (op.alt.unwrap(), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS), 1])
             }
         }
-        Grid::Attention(n_head) => (op.kernel, [n_head, shape.splits, n_tok]),
+        Grid::Attention(n_kv) => (op.kernel, [n_kv, shape.splits, n_tok]),
         Grid::Fixed(x) => (op.kernel, [x, 1, 1]),
     }
 }
