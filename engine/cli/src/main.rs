@@ -216,14 +216,8 @@ async fn bench(args: &Args) -> Result<()> {
         let t = engine.model.step_times.take();
         let split = (t.encode_ms / t.steps as f64, t.wait_ms / t.steps as f64);
         let (pos, next) = (engine.context_used(), *g.tokens.last().unwrap());
-        let mut row = serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft, split);
-        row.pop();
-        row.push_str(&format!(",\"load_ms\":{load_ms:.1}}}"));
-        if let Some(ops) = engine.model.profile_decode(next, pos).await? {
-            row.pop();
-            row.push_str(&format!(",\"kernels\":{}}}", kernel_profile(&ops)));
-        }
-        rows.push(row);
+        let kernels = engine.model.profile_decode(next, pos).await?.map(|ops| kernel_profile(&ops));
+        rows.push(serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft, split, load_ms, kernels));
     }
     let out = format!("[{}]", rows.join(","));
     println!("{out}");
@@ -251,10 +245,13 @@ fn kernel_profile(ops: &[(String, f64)]) -> String {
     format!("[{}]", items.join(","))
 }
 
-/// One JSON row; `split` is the mean per decode step of CPU encode+submit and GPU wait (ms).
-fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: f64, ttft: f64, split: (f64, f64)) -> String {
+/// One JSON row; `split` is the mean per decode step of CPU encode+submit and GPU wait (ms);
+/// `kernels` the step profile where the adapter has timestamp queries.
+#[allow(clippy::too_many_arguments)]
+fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: f64, ttft: f64, split: (f64, f64), load_ms: f64, kernels: Option<String>) -> String {
+    let kernels = kernels.map_or(String::new(), |k| format!(",\"kernels\":{k}"));
     format!(
-        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{},\"gpu_bytes\":{}}}",
+        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{},\"gpu_bytes\":{},\"load_ms\":{load_ms:.1}{kernels}}}",
         e.info.name,
         e.info.adapter.name,
         n as f64 / (prefill_ms / 1000.0),
