@@ -1,10 +1,15 @@
 // Causal attention over the KV cache, split over the keys (flash-decoding): `partial` runs one
-// workgroup per (kv head, key split, query token) and leaves an unnormalised result with its
-// running max and sum; `combine` merges a token's splits per query head. One workgroup per
-// head would leave a big GPU idle and serialise long contexts; splits keep every context
-// length parallel. A kv head's workgroup serves all its query heads (grouped-query
-// attention), so each key and value is read once per group. `window` > 0 limits a query to
-// its last `window` positions (Gemma's sliding-window layers).
+// workgroup per (block of query heads, key split, query token) and leaves an unnormalised
+// result with its running max and sum; `combine` merges a token's splits per head. One
+// workgroup per head would leave a big GPU idle and serialise long contexts; splits keep
+// every context length parallel. `window` > 0 limits a query to its last `window` positions
+// (Gemma's sliding-window layers).
+//
+// A block is `ap.heads` query heads of one kv group (grouped-query attention), at most
+// HEADS, a constant the engine prepends: on GPUs one head per workgroup, because small
+// models have one to three kv heads and the parallelism is worth more than the repeated kv
+// reads (which hit the cache); on CPU adapters a whole group, because there every
+// workgroup's barriers cost time and each key and value is then read once per group.
 //
 // Within a workgroup, keys go in tiles of 32: 8 threads share each key's dot products, every
 // (head, key) pair gets its probability in parallel, and 8 key slices accumulate the values
@@ -17,6 +22,12 @@ struct AParams {
     window: u32,
     scale: f32,
     q_stride: u32, // floats per token in the q buffer (q, k and v rows side by side)
+    // 1: decode with rope_kv fused (raw q, k, v in; this step's k and v go to the cache;
+    // one head per workgroup); 2: NeoX rotation; 4: q/k norms (weights: q norm then k norm)
+    flags: u32,
+    n_rot: u32,
+    eps: f32,
+    heads: u32, // query heads per workgroup
     _p0: u32,
     _p1: u32,
 }
@@ -24,40 +35,102 @@ struct AParams {
 struct Step { n_tok: u32, pos0: u32, splits: u32, chunk: u32 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(2) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(1) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(2) var<storage, read_write> v_cache: array<u32>;
 // Per (token, head, split): head_dim accumulators, then max, then sum.
 @group(0) @binding(3) var<storage, read_write> part: array<f32>;
 @group(0) @binding(4) var<uniform> ap: AParams;
 @group(0) @binding(5) var<uniform> step: Step;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read> norm_w: array<f32>;
+@group(0) @binding(8) var<storage, read> inv_freq: array<f32>;
 
 const WG: u32 = 256u;
 const TILE: u32 = 32u;          // keys per inner step
 const TPK: u32 = WG / TILE;     // threads per key in the dot products
 const SLICES: u32 = 8u;         // key slices in the value pass
 const KPS: u32 = TILE / SLICES; // keys per slice per tile
-const MAX_GROUP: u32 = 8u;      // query heads per kv head
-const MAX_GQ: u32 = 1024u;      // query heads per kv head x head_dim
 const MAX_WPL: u32 = 4u;        // value words per lane (head_dim 256 / 2 / 32)
 const NEG: f32 = -3.0e38;
 
-var<workgroup> qs: array<f32, MAX_GQ>;
-var<workgroup> red: array<f32, 2048>;   // partial dot products; at the end, slice sums
-var<workgroup> sc: array<f32, 256>;     // [group head][key]: scores
-var<workgroup> pr: array<f32, 256>;     // [group head][key]: probabilities
-var<workgroup> m_run: array<f32, MAX_GROUP>;
-var<workgroup> m_new: array<f32, MAX_GROUP>;
-var<workgroup> corr: array<f32, MAX_GROUP>;
+var<workgroup> qs: array<f32, MAX_HEAD_VALUES>; // [block head][dim]
+var<workgroup> kc: array<f32, FUSED_DIM>;       // fused decode: this step's key, normed and rotated
+var<workgroup> vc: array<f32, FUSED_DIM>;       // fused decode: this step's value
+var<workgroup> red: array<f32, 2048>;           // partial dot products; at the end, slice sums
+var<workgroup> sc: array<f32, HEADS * TILE>;    // [block head][key]: scores
+var<workgroup> pr: array<f32, HEADS * TILE>;    // [block head][key]: probabilities
+var<workgroup> m_run: array<f32, HEADS>;
+var<workgroup> m_new: array<f32, HEADS>;
+var<workgroup> corr: array<f32, HEADS>;
+
+#include rotary
+
+// Fused decode prologue (rope_kv.wgsl's work for this head): q from `qb`, and with `own` the
+// key and value of the kv head at `kb` (raw, as the QKV matvec wrote them): q/k norms,
+// rotation, and q's attention scale. Uniform control flow: every invocation calls it.
+fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
+    let lid = local_id;
+    let hd = ap.head_dim;
+    let kv_dim = ap.n_kv * hd;
+    if (lid < hd) {
+        qs[lid] = q[qb + lid];
+        if (own) {
+            kc[lid] = q[kb + lid];
+            vc[lid] = q[kb + kv_dim + lid];
+        }
+    }
+    if ((ap.flags & 4u) != 0u) {
+        red[lid] = select(0.0, qs[lid] * qs[lid], lid < hd);
+        red[WG + lid] = select(0.0, kc[lid] * kc[lid], own && lid < hd);
+        workgroupBarrier();
+        for (var k = WG / 2u; k > 0u; k >>= 1u) {
+            if (lid < k) {
+                red[lid] += red[lid + k];
+                red[WG + lid] += red[WG + lid + k];
+            }
+            workgroupBarrier();
+        }
+        if (lid < hd) {
+            qs[lid] *= inverseSqrt(red[0] / f32(hd) + ap.eps) * norm_w[lid];
+            if (own) { kc[lid] *= inverseSqrt(red[WG] / f32(hd) + ap.eps) * norm_w[hd + lid]; }
+        }
+    }
+    workgroupBarrier();
+    if (lid < ap.n_rot / 2u) {
+        let r = rotation(lid, pos, ap.n_rot, (ap.flags & 2u) != 0u);
+        let xq = rotated(r, qs[r.i0], qs[r.i1]);
+        qs[r.i0] = xq.x;
+        qs[r.i1] = xq.y;
+        if (own) {
+            let xk = rotated(r, kc[r.i0], kc[r.i1]);
+            kc[r.i0] = xk.x;
+            kc[r.i1] = xk.y;
+        }
+    }
+    workgroupBarrier();
+    if (lid < hd) {
+        qs[lid] *= ap.scale;
+        // This step's key and value at the cache's f16 precision, as every later step sees
+        // them (and as llama.cpp, which stores before attending).
+        if (own) {
+            kc[lid] = unpack2x16float(pack2x16float(vec2<f32>(kc[lid], 0.0))).x;
+            vc[lid] = unpack2x16float(pack2x16float(vec2<f32>(vc[lid], 0.0))).x;
+        }
+    }
+}
+
+var<private> local_id: u32;
 
 @compute @workgroup_size(256)
 fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let kvh = wid.x;
+    local_id = lid;
     let split = wid.y;
     let t = wid.z;
     let hd = ap.head_dim;
+    let heads = ap.heads;
+    let h0 = wid.x * heads;
     let group = ap.n_head / ap.n_kv;
-    let gq = group * hd;
+    let kvh = h0 / group;
     let kv_words = ap.n_kv * hd / 2u;
     let head_words = kvh * hd / 2u;
     let pos = step.pos0 + t;
@@ -66,10 +139,25 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let lo = max(first, split * step.chunk);
     let hi = min(pos + 1u, (split + 1u) * step.chunk); // keys lo..hi-1
 
-    let qb = t * ap.q_stride + kvh * gq;
-    for (var i = lid; i < gq; i += WG) { qs[i] = q[qb + i] * ap.scale; }
-    if (lid < group) { m_run[lid] = NEG; }
-    var l = 0.0; // running sum, kept by thread g < group
+    let qb = t * ap.q_stride + h0 * hd;
+    let fused = (ap.flags & 1u) != 0u;
+    // Fused decode: the workgroup whose split holds this step's position makes its key (and
+    // value) itself; the first query head of each kv group also appends them to the cache.
+    let own = fused && pos >= lo && pos < hi;
+    if (fused) {
+        prepare(qb, t * ap.q_stride + (ap.n_head + kvh) * hd, own, pos);
+        if (own && h0 % group == 0u) {
+            let dst = pos * kv_words + head_words;
+            for (var w = lid; w < hd / 2u; w += WG) {
+                k_cache[dst + w] = pack2x16float(vec2<f32>(kc[2u * w], kc[2u * w + 1u]));
+                v_cache[dst + w] = pack2x16float(vec2<f32>(vc[2u * w], vc[2u * w + 1u]));
+            }
+        }
+    } else {
+        for (var i = lid; i < heads * hd; i += WG) { qs[i] = q[qb + i] * ap.scale; }
+    }
+    if (lid < heads) { m_run[lid] = NEG; }
+    var l = 0.0; // running sum, kept by thread g < heads
     workgroupBarrier();
 
     // Dot products: 8 threads per key; thread `share` takes words share, share + 8, ... of the
@@ -79,40 +167,42 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let wpt = hd / 2u / TPK;
     let share = lid % TPK;
     // Values: slice `ks` takes keys ks, ks+8, ...; lane `vl` words vl, vl+32, ... of the
-    // head; acc[wi * MAX_GROUP + g] holds group head g's two values of word vl + 32 wi.
+    // head; acc[wi * HEADS + g] holds block head g's two values of word vl + 32 wi.
     let ks = lid / 32u;
     let vl = lid % 32u;
     let hw = hd / 2u;
-    var acc: array<vec2<f32>, 32>;
-    for (var i = 0u; i < 32u; i++) { acc[i] = vec2<f32>(0.0); }
+    var acc: array<vec2<f32>, MAX_WPL * HEADS>;
+    for (var i = 0u; i < MAX_WPL * HEADS; i++) { acc[i] = vec2<f32>(0.0); }
     // Constant loop bounds below let arrays live in registers and loads go out together.
     for (var c = lo; c < hi; c += TILE) {
         let n = min(TILE, hi - c);
-        var s: array<f32, MAX_GROUP>;
-        for (var g = 0u; g < MAX_GROUP; g++) { s[g] = 0.0; }
+        var s: array<f32, HEADS>;
+        for (var g = 0u; g < HEADS; g++) { s[g] = 0.0; }
         let kb = (c + min(key, n - 1u)) * kv_words + head_words;
+        let from_kc = own && c + min(key, n - 1u) == pos;
         for (var i = 0u; i < 16u; i++) {
             if (i < wpt) {
                 let w = share + TPK * i;
-                let kk = unpack2x16float(k_cache[kb + w]);
-                for (var g = 0u; g < MAX_GROUP; g++) {
-                    if (g < group) { s[g] += qs[g * hd + 2u * w] * kk.x + qs[g * hd + 2u * w + 1u] * kk.y; }
+                var kk = unpack2x16float(k_cache[kb + w]);
+                if (from_kc) { kk = vec2<f32>(kc[2u * w], kc[2u * w + 1u]); }
+                for (var g = 0u; g < HEADS; g++) {
+                    if (g < heads) { s[g] += qs[g * hd + 2u * w] * kk.x + qs[g * hd + 2u * w + 1u] * kk.y; }
                 }
             }
         }
-        for (var g = 0u; g < MAX_GROUP; g++) {
-            if (g < group) { red[g * WG + lid] = s[g]; }
+        for (var g = 0u; g < HEADS; g++) {
+            if (g < heads) { red[g * WG + lid] = s[g]; }
         }
         workgroupBarrier();
         let g = lid / TILE;
         let j = lid % TILE;
-        if (g < group) {
+        if (g < heads) {
             var d = 0.0;
             for (var p = 0u; p < TPK; p++) { d += red[g * WG + j * TPK + p]; }
             sc[lid] = select(NEG, d, j < n);
         }
         workgroupBarrier();
-        if (g < group) {
+        if (g < heads) {
             var mx = vec4<f32>(m_run[g]);
             for (var jj = 0u; jj < TILE; jj += 4u) {
                 let b = g * TILE + jj;
@@ -126,7 +216,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             }
         }
         workgroupBarrier();
-        if (lid < group) {
+        if (lid < heads) {
             var sum = vec4<f32>(0.0);
             for (var jj = 0u; jj < TILE; jj += 4u) {
                 let b = lid * TILE + jj;
@@ -138,15 +228,17 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         for (var wi = 0u; wi < MAX_WPL; wi++) {
             let w = vl + 32u * wi;
             if (w < hw) {
-                for (var g = 0u; g < MAX_GROUP; g++) {
-                    if (g < group) { acc[wi * MAX_GROUP + g] *= corr[g]; }
+                for (var g = 0u; g < HEADS; g++) {
+                    if (g < heads) { acc[wi * HEADS + g] *= corr[g]; }
                 }
                 // Keys past n have p = 0 and read a valid row instead of branching.
                 for (var i = 0u; i < KPS; i++) {
                     let jj = ks + SLICES * i;
-                    let vv = unpack2x16float(v_cache[(c + min(jj, n - 1u)) * kv_words + head_words + w]);
-                    for (var g = 0u; g < MAX_GROUP; g++) {
-                        if (g < group) { acc[wi * MAX_GROUP + g] += pr[g * TILE + jj] * vv; }
+                    let row = c + min(jj, n - 1u);
+                    var vv = unpack2x16float(v_cache[row * kv_words + head_words + w]);
+                    if (own && row == pos) { vv = vec2<f32>(vc[2u * w], vc[2u * w + 1u]); }
+                    for (var g = 0u; g < HEADS; g++) {
+                        if (g < heads) { acc[wi * HEADS + g] += pr[g * TILE + jj] * vv; }
                     }
                 }
             }
@@ -154,20 +246,19 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
     }
 
-    // Sum the slices, one group head at a time (red holds [slice][head_dim]).
+    // Sum the slices, one block head at a time (red holds [slice][head_dim]).
     let stride = hd + 2u;
-    for (var g = 0u; g < MAX_GROUP; g++) {
-        if (g < group) {
+    for (var g = 0u; g < HEADS; g++) {
+        if (g < heads) {
             for (var wi = 0u; wi < MAX_WPL; wi++) {
                 let w = vl + 32u * wi;
                 if (w < hw) {
-                    red[ks * hd + 2u * w] = acc[wi * MAX_GROUP + g].x;
-                    red[ks * hd + 2u * w + 1u] = acc[wi * MAX_GROUP + g].y;
+                    red[ks * hd + 2u * w] = acc[wi * HEADS + g].x;
+                    red[ks * hd + 2u * w + 1u] = acc[wi * HEADS + g].y;
                 }
             }
             workgroupBarrier();
-            let h = kvh * group + g;
-            let pb = ((t * ap.n_head + h) * step.splits + split) * stride;
+            let pb = ((t * ap.n_head + h0 + g) * step.splits + split) * stride;
             for (var d = lid; d < hd; d += WG) {
                 var v = 0.0;
                 for (var k = 0u; k < SLICES; k++) { v += red[k * hd + d]; }
@@ -179,8 +270,8 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             workgroupBarrier();
         }
     }
-    if (lid < group) {
-        let pb = ((t * ap.n_head + kvh * group + lid) * step.splits + split) * stride + hd;
+    if (lid < heads) {
+        let pb = ((t * ap.n_head + h0 + lid) * step.splits + split) * stride + hd;
         part[pb + 1u] = l;
     }
 }

@@ -5,8 +5,7 @@
 // q, k and v sit side by side per token in one buffer ([q | k | v], `stride` floats);
 // q is rewritten in place. The cache stores f16 pairs (pack2x16float needs no shader-f16,
 // and halves cache memory like llama.cpp's default f16 cache): [position][kv_dim / 2] words.
-// `inv_freq[i]` is base^(-2i/n_rot) * freq_scale / factor[i], precomputed on the CPU the way
-// llama.cpp does. NORM rotates adjacent pairs (2i, 2i+1); NEOX rotates (i, i + n_rot/2).
+// The rotation itself is rotary.wgsl's.
 
 struct PParams {
     n_head: u32,
@@ -29,7 +28,8 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(6) var<uniform> step: Step;
 
 const WG: u32 = 64u;
-const TWO_PI: f32 = 6.283185307179586;
+#include rotary
+
 var<workgroup> head: array<f32, 256>;
 var<workgroup> sums: array<f32, WG>;
 
@@ -61,24 +61,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
 
-    let half = pp.n_rot / 2u;
     let pos = step.pos0 + t;
-    for (var i = lid; i < half; i += WG) {
-        let theta = f32(pos) * inv_freq[i];
-        // sin/cos are only accurate near [-pi, pi] on many GPUs: reduce the angle first.
-        let a = theta - TWO_PI * floor(theta / TWO_PI + 0.5);
-        let c = cos(a);
-        let s = sin(a);
-        var i0 = 2u * i;
-        var i1 = i0 + 1u;
-        if ((pp.flags & 1u) != 0u) {
-            i0 = i;
-            i1 = i + half;
-        }
-        let x0 = head[i0];
-        let x1 = head[i1];
-        head[i0] = x0 * c - x1 * s;
-        head[i1] = x0 * s + x1 * c;
+    for (var i = lid; i < pp.n_rot / 2u; i += WG) {
+        let r = rotation(i, pos, pp.n_rot, (pp.flags & 1u) != 0u);
+        let x = rotated(r, head[r.i0], head[r.i1]);
+        head[r.i0] = x.x;
+        head[r.i1] = x.y;
     }
     workgroupBarrier();
 

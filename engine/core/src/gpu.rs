@@ -40,6 +40,7 @@ fn compose(src: &str, subgroups: bool) -> String {
         .map(|line| match line.strip_prefix("#include ") {
             Some("quant") => include_str!("../../../shaders/quant.wgsl"),
             Some("activation") => include_str!("../../../shaders/activation.wgsl"),
+            Some("rotary") => include_str!("../../../shaders/rotary.wgsl"),
             Some("reduce") if subgroups => {
                 uses_subgroups = true;
                 include_str!("../../../shaders/reduce_subgroup.wgsl")
@@ -54,8 +55,21 @@ fn compose(src: &str, subgroups: bool) -> String {
     if uses_subgroups && cfg!(target_arch = "wasm32") { format!("enable subgroups;\n{body}") } else { body }
 }
 
+/// attention.wgsl with the block size its arrays need: `HEADS` query heads per workgroup at
+/// most, their q values (at most 1024 floats), and the fused decode's key and value (which
+/// runs with one head per workgroup only).
+fn attention(tuning: Tuning) -> String {
+    let heads = tuning.attention_heads;
+    format!(
+        "const HEADS: u32 = {heads}u;\nconst MAX_HEAD_VALUES: u32 = {}u;\nconst FUSED_DIM: u32 = {}u;\n{}",
+        (heads * 256).min(1024),
+        if heads == 1 { 256 } else { 1 },
+        include_str!("../../../shaders/attention.wgsl")
+    )
+}
+
 impl Kernel {
-    fn source(self, subgroups: bool) -> (String, &'static str) {
+    fn source(self, subgroups: bool, tuning: Tuning) -> (String, &'static str) {
         // Weight kernels get the dequantizer of their type as `load4`.
         let quant = |body: &str, ty: GgmlType| {
             let f = match ty {
@@ -78,8 +92,8 @@ impl Kernel {
             Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
             Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
-            Kernel::Attention => (include_str!("../../../shaders/attention.wgsl").into(), "partial"),
-            Kernel::AttentionCombine => (include_str!("../../../shaders/attention.wgsl").into(), "combine"),
+            Kernel::Attention => (attention(tuning), "partial"),
+            Kernel::AttentionCombine => (attention(tuning), "combine"),
             Kernel::Glu => (include_str!("../../../shaders/glu.wgsl").into(), "main"),
             Kernel::ArgmaxPartial => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_partial"),
             Kernel::ArgmaxFinal => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_final"),
@@ -96,13 +110,31 @@ impl Kernel {
             Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
             // One layout for both entry points, so they share a bind group.
-            Kernel::Attention | Kernel::AttentionCombine => &[Read, Read, Read, ReadWrite, Uniform, Uniform, ReadWrite],
+            Kernel::Attention | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
             Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],
             Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::Sample => {
                 &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform]
             }
         }
     }
+}
+
+/// Kernel shapes for a kind of adapter. On a CPU rasterizer (lavapipe, SwiftShader) every
+/// barrier and every extra workgroup costs time, so kernels there take more work per
+/// workgroup; on GPUs they spread out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Threads per matvec row: 32 on GPUs, 1 on CPU adapters (no barriers there).
+    pub matvec_lanes: u32,
+    /// Query heads one attention workgroup serves at most: 1 on GPUs; 8 on CPU adapters, so
+    /// a kv group's keys and values are read once. With 1, decode attention also does the
+    /// q/k norms, rotation and cache append itself (one dispatch fewer per layer).
+    pub attention_heads: u32,
+}
+
+impl Tuning {
+    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1 };
+    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8 };
 }
 
 pub struct Pipeline {
@@ -130,8 +162,7 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub limits: wgpu::Limits,
     pub summary: AdapterSummary,
-    /// Threads per row in the matvec kernel: 32 on GPUs, 1 on CPU adapters.
-    matvec_lanes: u32,
+    tuning: Tuning,
     /// Bytes of storage and uniform buffers created so far (what a loaded model holds).
     pub allocated: std::sync::atomic::AtomicU64,
     /// Set by the device-lost callback or the uncaptured-error handler.
@@ -206,13 +237,13 @@ impl Gpu {
             subgroup_min_size: if wanted.contains(wgpu::Features::SUBGROUP) { info.subgroup_min_size } else { 0 },
             cpu: info.device_type == wgpu::DeviceType::Cpu,
         };
-        let matvec_lanes = if summary.cpu { 1 } else { 32 };
+        let tuning = if summary.cpu { Tuning::CPU } else { Tuning::GPU };
         Ok(Gpu {
             device,
             queue,
             limits,
             summary,
-            matvec_lanes,
+            tuning,
             allocated: Default::default(),
             failure,
             pipelines: Mutex::new(HashMap::new()),
@@ -321,7 +352,7 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
             return p.clone();
         }
-        let (src, entry) = kernel.source(self.summary.subgroups);
+        let (src, entry) = kernel.source(self.summary.subgroups, self.tuning);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&format!("{kernel:?}")),
             source: wgpu::ShaderSource::Wgsl(src.into()),
@@ -352,24 +383,29 @@ impl Gpu {
     fn overrides(&self, kernel: Kernel) -> Vec<(&'static str, f64)> {
         match kernel {
             Kernel::MatVec(_) if self.summary.subgroups => {
-                vec![("LANES", self.matvec_lanes as f64), ("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
+                vec![("LANES", self.tuning.matvec_lanes as f64), ("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
             }
-            Kernel::MatVec(_) => vec![("LANES", self.matvec_lanes as f64)],
+            Kernel::MatVec(_) => vec![("LANES", self.tuning.matvec_lanes as f64)],
             _ => Vec::new(),
         }
     }
 
     /// Rows one matvec workgroup covers.
     pub fn matvec_rows(&self) -> u32 {
-        256 / self.matvec_lanes
+        256 / self.tuning.matvec_lanes
     }
 
-    /// Runs the matvec with `lanes` threads per row (a power of two up to 32) instead of the
-    /// adapter's default, before any pipeline exists: lets tests on a CPU adapter exercise
-    /// the GPU reductions (subgroup shuffles included).
-    pub fn set_matvec_lanes(&mut self, lanes: u32) {
-        assert!(lanes.is_power_of_two() && lanes <= 32 && self.pipelines.get_mut().unwrap().is_empty());
-        self.matvec_lanes = lanes;
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// Shapes kernels as for another kind of adapter, before any pipeline exists: lets tests
+    /// on a CPU adapter exercise the GPU configuration (subgroup shuffles, one attention head
+    /// per workgroup, the fused decode attention).
+    pub fn set_tuning(&mut self, tuning: Tuning) {
+        assert!(tuning.matvec_lanes.is_power_of_two() && tuning.matvec_lanes <= 32);
+        assert!((1..=8).contains(&tuning.attention_heads) && self.pipelines.get_mut().unwrap().is_empty());
+        self.tuning = tuning;
     }
 
     fn layout(&self, sig: &'static [Bind]) -> wgpu::BindGroupLayout {

@@ -16,7 +16,7 @@ pub use chat::{ChatTemplate, Message};
 pub use engine::{Chat, Engine, Flow, GenerateOptions, Generation, ModelInfo, StopReason};
 pub use error::{Error, Result};
 pub use gguf::{ByteSource, Gguf};
-pub use gpu::Gpu;
+pub use gpu::{Gpu, Tuning};
 pub use sampling::Sampling;
 pub use transformer::Options;
 

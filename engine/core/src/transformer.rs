@@ -94,6 +94,12 @@ struct AParams {
     window: u32,
     scale: f32,
     q_stride: u32,
+    /// 1: decode with rope_kv fused in; 2: NeoX rotation; 4: q/k norms.
+    flags: u32,
+    n_rot: u32,
+    eps: f32,
+    /// Query heads per workgroup.
+    heads: u32,
     _p: [u32; 2],
 }
 
@@ -253,7 +259,7 @@ enum Grid {
     Elems(u32),
     /// A linear layer: matvec for one token, tiled matmul for more.
     Linear { rows: u32, last_only: bool },
-    /// Attention's (kv heads, key splits, tokens).
+    /// Attention's (blocks of query heads, key splits, tokens).
     Attention(u32),
     Fixed(u32),
 }
@@ -529,12 +535,8 @@ impl Transformer {
         if cfg.head_dim > 256 || cfg.head_dim % 16 != 0 {
             return Err(Error::Unsupported(format!("head dimension {} (attention supports multiples of 16 up to 256)", cfg.head_dim)));
         }
-        let group = cfg.n_head / cfg.n_kv_head.max(1);
-        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 || group > 8 || group * cfg.head_dim > 1024 {
-            return Err(Error::Unsupported(format!(
-                "{} query heads over {} kv heads of size {} (attention groups up to 8 heads and 1024 values)",
-                cfg.n_head, cfg.n_kv_head, cfg.head_dim
-            )));
+        if cfg.n_kv_head == 0 || cfg.n_head % cfg.n_kv_head != 0 {
+            return Err(Error::Corrupt(format!("{} query heads do not group over {} kv heads", cfg.n_head, cfg.n_kv_head)));
         }
         if cfg.n_rot > cfg.head_dim || cfg.n_rot % 2 == 1 {
             return Err(Error::Corrupt(format!("rope dimension {} does not fit head dimension {}", cfg.n_rot, cfg.head_dim)));
@@ -592,7 +594,14 @@ impl Transformer {
         let kv_words = (ctx * kvd / 2 * 4) as u64;
         let mut kv_bytes = 0;
         let glu_params = g.uniform("gparams", &U4 { a: cfg.n_ff as u32, b: (cfg.act == Activation::GeluTanh) as u32, _p: [0; 2] });
-        let aparams = |window: u32| {
+        // Query heads per attention workgroup: the adapter's block size or the largest divisor
+        // of the group below it (the block's q values fit 1024 floats: head_dim <= 256).
+        let group = cfg.n_head / cfg.n_kv_head;
+        let max_heads = g.tuning().attention_heads.min(1024 / cfg.head_dim as u32) as usize;
+        let heads = (1..=max_heads.min(group)).rev().find(|h| group % h == 0).unwrap_or(1);
+        // Decode folds rope_kv into attention when each workgroup has one head.
+        let fuse_rope = heads == 1;
+        let aparams = |window: u32, fused: bool| {
             g.uniform(
                 "aparams",
                 &AParams {
@@ -602,11 +611,16 @@ impl Transformer {
                     window,
                     scale: cfg.attn_scale,
                     q_stride: qkv_stride as u32,
+                    flags: fused as u32 | (cfg.rope_neox as u32) << 1 | (cfg.qk_norm as u32) << 2,
+                    n_rot: cfg.n_rot as u32,
+                    eps: cfg.rms_eps,
+                    heads: heads as u32,
                     _p: [0; 2],
                 },
             )
         };
-        let (aparams_full, aparams_swa) = (aparams(0), aparams(cfg.window as u32));
+        // [window][fused]: full and sliding-window layers, without and with rope_kv fused in.
+        let attn_params = [[aparams(0, false), aparams(0, true)], [aparams(cfg.window as u32, false), aparams(cfg.window as u32, true)]];
         let pparams = g.uniform(
             "pparams",
             &PParams {
@@ -652,7 +666,7 @@ impl Transformer {
             let v_cache = g.storage("v_cache", kv_words)?;
             kv_bytes += 2 * kv_words;
             let freqs = if cfg.swa_layers[l] { &inv_freq_swa } else { &inv_freq };
-            let aparams = if cfg.swa_layers[l] { &aparams_swa } else { &aparams_full };
+            let swa = cfg.swa_layers[l] as usize;
             let eps = cfg.rms_eps;
 
             for (b, decode) in [(&mut pre, false), (&mut dec, true)] {
@@ -668,10 +682,14 @@ impl Transformer {
                 for (m, offset) in &wqkv {
                     b.linear(m, &Lin { bias: bqkv.as_ref(), ..lin(x, &act.qkv, *offset, qkv_stride, nw, 0) });
                 }
-                let pbind = [&act.qkv, qk_norm.as_ref().unwrap_or(&dummy), freqs, &k_cache, &v_cache, &pparams, &step];
-                b.op(Kernel::RopeKv, &pbind, Grid::PerToken((cfg.n_head + cfg.n_kv_head) as u32));
-                let abind = [&act.qkv, &k_cache, &v_cache, &act.part, aparams, &step, &act.att];
-                b.op(Kernel::Attention, &abind, Grid::Attention(cfg.n_kv_head as u32));
+                let norm_w = qk_norm.as_ref().unwrap_or(&dummy);
+                let fused = decode && fuse_rope;
+                if !fused {
+                    let pbind = [&act.qkv, norm_w, freqs, &k_cache, &v_cache, &pparams, &step];
+                    b.op(Kernel::RopeKv, &pbind, Grid::PerToken((cfg.n_head + cfg.n_kv_head) as u32));
+                }
+                let abind = [&act.qkv, &k_cache, &v_cache, &act.part, &attn_params[swa][fused as usize], &step, &act.att, norm_w, freqs];
+                b.op(Kernel::Attention, &abind, Grid::Attention((cfg.n_head / heads) as u32));
                 b.op(Kernel::AttentionCombine, &abind, Grid::PerToken(cfg.n_head as u32));
                 match &post {
                     Some((post_attn, _)) => {
@@ -990,7 +1008,7 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
                 (op.alt.unwrap(), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS), 1])
             }
         }
-        Grid::Attention(n_kv) => (op.kernel, [n_kv, shape.splits, n_tok]),
+        Grid::Attention(blocks) => (op.kernel, [blocks, shape.splits, n_tok]),
         Grid::Fixed(x) => (op.kernel, [x, 1, 1]),
     }
 }

@@ -4,13 +4,11 @@
 //! prompt longer than one prefill chunk (matmul path), the same tokens one at a time (the
 //! decode path), and one greedy decode step.
 
-mod common;
-
 use gloss_engine::gguf::writer::{write, TensorData};
 use gloss_engine::gguf::Value;
 use gloss_engine::quant::{dequantize, random_blocks, GgmlType};
 use gloss_engine::transformer::Logits;
-use gloss_engine::{Engine, Gguf, Options};
+use gloss_engine::{Engine, Gguf, Gpu, Options, Tuning};
 
 const VOCAB: usize = 96;
 // K-quant rows hold whole 256-value super-blocks, so rows that are K-quantized are 256 long.
@@ -227,14 +225,25 @@ fn rope_neox(head: &mut [f32], pos: usize) {
     }
 }
 
-fn check(arch: &'static str) {
+/// Runs the family through the engine with kernels shaped as for `tuning`'s kind of adapter
+/// (this CPU adapter's own, or a GPU's: one attention head per workgroup and the decode
+/// attention that rotates and appends itself).
+fn check(arch: &'static str, tuning: Tuning) {
     let model = Model::new(arch);
-    let mut bytes = model.gguf();
-    let mut engine = pollster::block_on(async {
-        Gguf::read(&mut bytes).await.unwrap();
-        Engine::load(common::gpu(), &mut bytes, &Options { ctx: 256, max_batch: 8 }).await
-    })
-    .unwrap_or_else(|e| panic!("{arch}: {e}"));
+    let bytes = model.gguf();
+    let mut gpu = pollster::block_on(Gpu::new()).unwrap();
+    gpu.set_tuning(tuning);
+    let gpu = std::sync::Arc::new(gpu);
+    // A fresh engine per path, so neither path reads keys and values the other cached.
+    let load = || {
+        pollster::block_on(async {
+            let mut bytes = bytes.clone();
+            Gguf::read(&mut bytes).await.unwrap();
+            Engine::load(gpu.clone(), &mut bytes, &Options { ctx: 256, max_batch: 8 }).await
+        })
+        .unwrap_or_else(|e| panic!("{arch}: {e}"))
+    };
+    let mut engine = load();
     assert_eq!(engine.info.architecture, arch);
     // 150 tokens: 8-token prefill chunks and a partial one. Attention splits the keys (up to
     // 4 splits per token in 8-token chunks, so splits longer than one 32-key tile; 5 splits
@@ -245,8 +254,8 @@ fn check(arch: &'static str) {
     let prefill = compare(arch, "prefill path", &want, |pos| got[pos * VOCAB..(pos + 1) * VOCAB].to_vec());
     // The decode path (one token per pass: fused norms, fused GLU, the head's fused norm)
     // on the same tokens, position by position.
-    engine.reset();
-    let m = &engine.model;
+    let decoder = load();
+    let m = &decoder.model;
     let decode = compare(arch, "decode path", &want, |pos| {
         pollster::block_on(m.forward(&[tokens[pos]], pos, Logits::Last)).unwrap();
         bytemuck::cast_slice(&pollster::block_on(m.gpu.read(&m.logits, 0, (VOCAB * 4) as u64)).unwrap()).to_vec()
@@ -294,10 +303,20 @@ fn compare(arch: &str, path: &str, want: &[Vec<f32>], mut got_at: impl FnMut(usi
 
 #[test]
 fn qwen2_matches_cpu_reference() {
-    check("qwen2");
+    check("qwen2", Tuning::CPU);
 }
 
 #[test]
 fn qwen3_matches_cpu_reference() {
-    check("qwen3");
+    check("qwen3", Tuning::CPU);
+}
+
+#[test]
+fn qwen2_in_gpu_tuning_matches_cpu_reference() {
+    check("qwen2", Tuning::GPU);
+}
+
+#[test]
+fn qwen3_in_gpu_tuning_matches_cpu_reference() {
+    check("qwen3", Tuning::GPU);
 }

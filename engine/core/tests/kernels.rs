@@ -49,9 +49,9 @@ fn every_quant_type_matches_reference_on_awkward_shapes() {
 /// where the adapter has subgroups, else through workgroup memory) on this CPU adapter,
 /// which otherwise runs one lane per row.
 #[test]
-fn matvec_with_32_lanes_matches_reference() {
+fn matvec_in_gpu_tuning_matches_reference() {
     let mut gpu = pollster::block_on(gloss_engine::Gpu::new()).unwrap();
-    gpu.set_matvec_lanes(32);
+    gpu.set_tuning(gloss_engine::Tuning::GPU);
     eprintln!("subgroups: {} (min size {})", gpu.summary.subgroups, gpu.summary.subgroup_min_size);
     for ty in GgmlType::ALL {
         let k = if ty.block_size() == 256 { 512 } else { 96 };
