@@ -246,7 +246,10 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
     }
 
-    // Sum the slices, one block head at a time (red holds [slice][head_dim]).
+    // Sum the slices, one block head at a time (red holds [slice][head_dim]). With one
+    // split this is the whole attention: normalise and write the result (no combine runs).
+    let whole = step.splits == 1u;
+    if (lid < heads) { corr[lid] = l; } // now each block head's sum
     let stride = hd + 2u;
     for (var g = 0u; g < HEADS; g++) {
         if (g < heads) {
@@ -259,18 +262,19 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             }
             workgroupBarrier();
             let pb = ((t * ap.n_head + h0 + g) * step.splits + split) * stride;
+            let ob = (t * ap.n_head + h0 + g) * hd;
             for (var d = lid; d < hd; d += WG) {
                 var v = 0.0;
                 for (var k = 0u; k < SLICES; k++) { v += red[k * hd + d]; }
-                part[pb + d] = v;
+                if (whole) { out[ob + d] = v / corr[g]; } else { part[pb + d] = v; }
             }
-            if (lid == 0u) {
+            if (lid == 0u && !whole) {
                 part[pb + hd] = m_run[g];
             }
             workgroupBarrier();
         }
     }
-    if (lid < heads) {
+    if (lid < heads && !whole) {
         let pb = ((t * ap.n_head + h0 + lid) * step.splits + split) * stride + hd;
         part[pb + 1u] = l;
     }

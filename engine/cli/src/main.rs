@@ -260,7 +260,7 @@ fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: 
         split.0,
         split.1,
         e.model.bytes_per_token,
-        e.model.dispatches_per_token(),
+        e.model.dispatches_per_token(n + gen / 2),
         e.model.weight_bytes,
         e.model.kv_bytes,
         e.model.gpu_bytes

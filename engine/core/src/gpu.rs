@@ -130,11 +130,16 @@ pub struct Tuning {
     /// a kv group's keys and values are read once. With 1, decode attention also does the
     /// q/k norms, rotation and cache append itself (one dispatch fewer per layer).
     pub attention_heads: u32,
+    /// Up to this many keys, a query's attention runs as one workgroup over all of them
+    /// and writes its result, with no key splits to combine (a dispatch fewer per layer).
+    /// Longer contexts split the keys so that the GPU stays busy; a CPU adapter gains
+    /// nothing from splits.
+    pub whole_attention_keys: u32,
 }
 
 impl Tuning {
-    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1 };
-    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8 };
+    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, whole_attention_keys: 256 };
+    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, whole_attention_keys: u32::MAX };
 }
 
 pub struct Pipeline {

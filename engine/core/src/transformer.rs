@@ -261,6 +261,8 @@ enum Grid {
     Linear { rows: u32, last_only: bool },
     /// Attention's (blocks of query heads, key splits, tokens).
     Attention(u32),
+    /// Merges the key splits, x workgroups per token; nothing to do with one split.
+    Combine(u32),
     Fixed(u32),
 }
 
@@ -690,7 +692,7 @@ impl Transformer {
                 }
                 let abind = [&act.qkv, &k_cache, &v_cache, &act.part, &attn_params[swa][fused as usize], &step, &act.att, norm_w, freqs];
                 b.op(Kernel::Attention, &abind, Grid::Attention((cfg.n_head / heads) as u32));
-                b.op(Kernel::AttentionCombine, &abind, Grid::PerToken(cfg.n_head as u32));
+                b.op(Kernel::AttentionCombine, &abind, Grid::Combine(cfg.n_head as u32));
                 match &post {
                     Some((post_attn, _)) => {
                         b.linear(&wo, &lin(&act.att, &act.tmp, 0, e, None, 0));
@@ -777,9 +779,12 @@ impl Transformer {
         })
     }
 
-    /// Dispatches per decoded token: the latency floor is this times the per-dispatch cost.
-    pub fn dispatches_per_token(&self) -> usize {
-        self.body_decode.len() + self.head_decode.len() + self.greedy.len()
+    /// Dispatches per token decoded at `pos`: the latency floor is this times the
+    /// per-dispatch cost.
+    pub fn dispatches_per_token(&self, pos: usize) -> usize {
+        let shape = self.shape(1, pos).0;
+        let ops = self.body_decode.iter().chain(&self.head_decode).chain(&self.greedy);
+        ops.filter(|op| dispatch_of(&self.gpu, op, shape).1.iter().all(|&n| n > 0)).count()
     }
 
     /// The op lists that run `n_tok` tokens and then `logits`.
@@ -843,14 +848,24 @@ impl Transformer {
     }
 
     fn write_shape(&self, n_tok: usize, pos0: usize) -> Shape {
-        // As many key splits as the scratch holds for this many tokens, each split at least
-        // MIN_KEYS_PER_SPLIT positions long (fewer, longer splits cost less to combine).
+        let (shape, step) = self.shape(n_tok, pos0);
+        self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        shape
+    }
+
+    /// The grid of a step: one key split up to the adapter's whole-attention length, else as
+    /// many as the scratch holds for this many tokens, each at least MIN_KEYS_PER_SPLIT
+    /// positions long (fewer, longer splits cost less to combine).
+    fn shape(&self, n_tok: usize, pos0: usize) -> (Shape, Step) {
         let keys = pos0 + n_tok;
-        let splits = (self.split_slots / n_tok).min(keys.div_ceil(MIN_KEYS_PER_SPLIT)).clamp(1, MAX_SPLITS);
+        let splits = if keys <= self.gpu.tuning().whole_attention_keys as usize {
+            1
+        } else {
+            (self.split_slots / n_tok).min(keys.div_ceil(MIN_KEYS_PER_SPLIT)).clamp(1, MAX_SPLITS)
+        };
         let chunk = keys.div_ceil(splits);
         let step = Step { n_tok: n_tok as u32, pos0: pos0 as u32, splits: splits as u32, chunk: chunk as u32 };
-        self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
-        Shape { n_tok: n_tok as u32, splits: splits as u32 }
+        (Shape { n_tok: n_tok as u32, splits: splits as u32 }, step)
     }
 
     /// Runs `tokens` and picks the next token on the GPU in the same submission; only the
@@ -1009,6 +1024,7 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
             }
         }
         Grid::Attention(blocks) => (op.kernel, [blocks, shape.splits, n_tok]),
+        Grid::Combine(x) => (op.kernel, [if shape.splits == 1 { 0 } else { x }, n_tok, 1]),
         Grid::Fixed(x) => (op.kernel, [x, 1, 1]),
     }
 }
@@ -1016,6 +1032,9 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
 fn encode(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: &[Op], shape: Shape) {
     for op in ops {
         let (kernel, [x, y, z]) = dispatch_of(gpu, op, shape);
+        if x * y * z == 0 {
+            continue;
+        }
         pass.set_pipeline(&gpu.pipeline(kernel).pipeline);
         pass.set_bind_group(0, &op.bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
