@@ -56,11 +56,15 @@ if any("gpu_bytes" in r for r in rows):
             base = d["weight_bytes"] + d["kv_bytes"]
             print(f"| {os.path.basename(f)} | {d['gpu_bytes'] / 1e6:.1f} | {d['weight_bytes'] / 1e6:.1f} | {d['kv_bytes'] / 1e6:.1f} | {d['gpu_bytes'] / base:.2f} |")
 for f in files:
-    for d in [r for r in rows if r["file"] == f and r["engine"] == "gloss" and "kernels" in r][:1]:
-        print()
-        print(f"{os.path.basename(f)}: GPU time of one decode step after {d['prompt_tokens']} tokens, by op (µs; each op timed in its own pass, so the sum exceeds the step):")
-        print()
-        print("| op | dispatches | µs | µs each |")
-        print("| --- | ---: | ---: | ---: |")
-        for label, n, ms in d["kernels"]:
-            print(f"| {label} | {n} | {ms * 1000:.0f} | {ms * 1000 / n:.1f} |")
+    for d in [r for r in rows if r["file"] == f and r["engine"] == "gloss" and "kernels" in r][-1:]:
+        chunk = f"the last {min(d['prompt_tokens'], d.get('batch', 256))}-token prefill chunk of {d['prompt_tokens']}"
+        for key, what in [("kernels", f"one decode step after {d['prompt_tokens']} tokens"), ("prefill_kernels", chunk)]:
+            if key not in d:
+                continue
+            print()
+            print(f"{os.path.basename(f)}: GPU time of {what}, by op (µs; each op timed in its own pass, so the sum exceeds the step):")
+            print()
+            print("| op | dispatches | µs | µs each |")
+            print("| --- | ---: | ---: | ---: |")
+            for label, n, ms in d[key]:
+                print(f"| {label} | {n} | {ms * 1000:.0f} | {ms * 1000 / n:.1f} |")

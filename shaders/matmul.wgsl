@@ -1,6 +1,10 @@
-// Prefill-path matrix x matrix: Y[t][out_offset + r] = sum_k W[r][k] * X[t][k], tiled
-// 64 rows x 32 tokens per workgroup; each thread owns a 4 x 2 register block. Weights are
-// dequantized once per tile into workgroup memory. Same bindings as matvec.wgsl.
+// Prefill-path matrix x matrix: Y[t][out_offset + r] = sum_k W[r][k] * X[t][k]. Same bindings
+// as matvec.wgsl. Two shapes:
+// - main (GPUs): tiled 64 rows x 32 tokens per workgroup; each thread owns a 4 x 2 register
+//   block. Weights are dequantized once per tile into workgroup memory.
+// - rows (CPU adapters, where a barrier makes every invocation of the workgroup stop and
+//   resume): one invocation per (row, ROW_TOKENS tokens), no workgroup memory and no
+//   barriers; each group of 4 weights is dequantized once for all its tokens.
 
 struct WParams {
     k: u32, rows: u32, scale_base: u32, out_offset: u32,
@@ -58,15 +62,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var i = 0u; i < 4u; i++) {
         let r = r0 + tx * 4u + i;
         if (r >= wp.rows) { continue; }
-        let o = wp.out_offset + r;
         for (var j = 0u; j < 2u; j++) {
             let t = t0 + ty * 2u + j;
             if (t >= step.n_tok) { continue; }
-            var v = acc[i][j];
-            if ((wp.flags & 2u) != 0u) { v += bias[o]; }
-            let yi = t * wp.out_stride + o;
-            if ((wp.flags & 1u) != 0u) { v += y[yi]; }
-            y[yi] = v;
+            store(r, t, acc[i][j]);
         }
+    }
+}
+
+// The output of row r for token t, with the flags' bias and accumulation.
+fn store(r: u32, t: u32, acc: f32) {
+    let o = wp.out_offset + r;
+    var v = acc;
+    if ((wp.flags & 2u) != 0u) { v += bias[o]; }
+    let yi = t * wp.out_stride + o;
+    if ((wp.flags & 1u) != 0u) { v += y[yi]; }
+    y[yi] = v;
+}
+
+const ROW_TOKENS: u32 = 8u;
+
+@compute @workgroup_size(64)
+fn rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.x;
+    let t0 = gid.y * ROW_TOKENS;
+    if (r >= wp.rows) { return; }
+    let n4 = wp.k / 4u;
+    let last = step.n_tok - 1u;
+    var acc: array<f32, ROW_TOKENS>;
+    for (var g = 0u; g < n4; g++) {
+        let wv = load4(r, 4u * g);
+        // Tokens past the step's last re-read it (their sums are dropped): no branch.
+        for (var j = 0u; j < ROW_TOKENS; j++) { acc[j] += dot(wv, x[min(t0 + j, last) * n4 + g]); }
+    }
+    for (var j = 0u; j < ROW_TOKENS; j++) {
+        if (t0 + j <= last) { store(r, t0 + j, acc[j]); }
     }
 }

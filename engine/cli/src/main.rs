@@ -216,7 +216,12 @@ async fn bench(args: &Args) -> Result<()> {
         let t = engine.model.step_times.take();
         let split = (t.encode_ms / t.steps as f64, t.wait_ms / t.steps as f64);
         let (pos, next) = (engine.context_used(), *g.tokens.last().unwrap());
-        let kernels = engine.model.profile_decode(next, pos).await?.map(|ops| kernel_profile(&ops));
+        let mut kernels = engine.model.profile(&[next], pos).await?.map(|ops| format!(",\"kernels\":{}", kernel_profile(&ops)));
+        // And the prompt's last prefill chunk, run again where it was.
+        let chunk = n.min(engine.model.max_batch);
+        if let Some(ops) = engine.model.profile(&prompt[n - chunk..], n - chunk).await? {
+            kernels.get_or_insert_default().push_str(&format!(",\"prefill_kernels\":{}", kernel_profile(&ops)));
+        }
         rows.push(serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft, split, load_ms, kernels));
     }
     let out = format!("[{}]", rows.join(","));
@@ -227,7 +232,7 @@ async fn bench(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Per-op GPU times of one decode step summed by label, slowest first, as a JSON array of
+/// Per-op GPU times of one step summed by label, slowest first, as a JSON array of
 /// `[label, ops, ms]`.
 fn kernel_profile(ops: &[(String, f64)]) -> String {
     let mut by_label: Vec<(&str, usize, f64)> = Vec::new();
@@ -246,15 +251,17 @@ fn kernel_profile(ops: &[(String, f64)]) -> String {
 }
 
 /// One JSON row; `split` is the mean per decode step of CPU encode+submit and GPU wait (ms);
-/// `kernels` the step profile where the adapter has timestamp queries.
+/// `kernels` the decode step's and a prefill chunk's profile fields where the adapter has
+/// timestamp queries.
 #[allow(clippy::too_many_arguments)]
 fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: f64, ttft: f64, split: (f64, f64), load_ms: f64, kernels: Option<String>) -> String {
-    let kernels = kernels.map_or(String::new(), |k| format!(",\"kernels\":{k}"));
+    let kernels = kernels.unwrap_or_default();
     format!(
-        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{},\"gpu_bytes\":{},\"load_ms\":{load_ms:.1}{kernels}}}",
+        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"batch\":{},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{},\"gpu_bytes\":{},\"load_ms\":{load_ms:.1}{kernels}}}",
         e.info.name,
         e.info.adapter.name,
         n as f64 / (prefill_ms / 1000.0),
+        e.model.max_batch,
         gen as f64 / (decode_ms / 1000.0),
         ttft,
         split.0,

@@ -20,6 +20,8 @@ pub enum Bind {
 pub enum Kernel {
     MatVec(GgmlType),
     MatMul(GgmlType),
+    /// The prefill matmul without workgroup tiles, for CPU adapters.
+    MatMulRows(GgmlType),
     Embed(GgmlType),
     RmsNorm,
     RopeKv,
@@ -89,6 +91,7 @@ impl Kernel {
         let (src, entry) = match self {
             Kernel::MatVec(t) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
             Kernel::MatMul(t) => (quant(include_str!("../../../shaders/matmul.wgsl"), t), "main"),
+            Kernel::MatMulRows(t) => (quant(include_str!("../../../shaders/matmul.wgsl"), t), "rows"),
             Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
             Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
@@ -105,7 +108,7 @@ impl Kernel {
     pub fn bindings(self) -> &'static [Bind] {
         use Bind::*;
         match self {
-            Kernel::MatVec(_) | Kernel::MatMul(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform, Read],
+            Kernel::MatVec(_) | Kernel::MatMul(_) | Kernel::MatMulRows(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform, Read],
             Kernel::Embed(_) => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
@@ -130,6 +133,9 @@ pub struct Tuning {
     /// a kv group's keys and values are read once. With 1, decode attention also does the
     /// q/k norms, rotation and cache append itself (one dispatch fewer per layer).
     pub attention_heads: u32,
+    /// Prefill's linear layers as one invocation per (row, 8 tokens), without workgroup
+    /// tiles or barriers (CPU adapters), instead of tiles shared through workgroup memory.
+    pub matmul_by_rows: bool,
     /// Up to this many keys, a query's attention runs as one workgroup over all of them
     /// and writes its result, with no key splits to combine (a dispatch fewer per layer).
     /// Longer contexts split the keys so that the GPU stays busy; a CPU adapter gains
@@ -138,8 +144,8 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, whole_attention_keys: 256 };
-    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, whole_attention_keys: u32::MAX };
+    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, whole_attention_keys: 256 };
+    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, whole_attention_keys: u32::MAX };
 }
 
 pub struct Pipeline {

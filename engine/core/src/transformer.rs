@@ -16,6 +16,8 @@ use crate::quant::{self, GgmlType};
 const UPLOAD_CHUNK: usize = 8 << 20;
 const MATMUL_ROWS: u32 = 64;
 const MATMUL_TOKENS: u32 = 32;
+/// Tokens per invocation of matmul.wgsl's `rows` (ROW_TOKENS there).
+const ROW_TOKENS: u32 = 8;
 const ARGMAX_CHUNK: u32 = 256 * 16;
 /// Attention splits the keys into runs of at least this many positions (attention.wgsl).
 const MIN_KEYS_PER_SPLIT: usize = 32;
@@ -257,8 +259,8 @@ enum Grid {
     Rows(u32),
     /// `n` elements per token, 256 per workgroup.
     Elems(u32),
-    /// A linear layer: matvec for one token, tiled matmul for more.
-    Linear { rows: u32, last_only: bool },
+    /// A linear layer: matvec for one token, a matmul for more.
+    Linear { rows: u32, last_only: bool, ty: GgmlType },
     /// Attention's (blocks of query heads, key splits, tokens).
     Attention(u32),
     /// Merges the key splits, x workgroups per token; nothing to do with one split.
@@ -270,8 +272,6 @@ struct Op {
     /// What the op computes, for profiles ("MatVec(Q4_1) attn_q", "Attention").
     label: String,
     kernel: Kernel,
-    /// The matmul variant for Grid::Linear.
-    alt: Option<Kernel>,
     bind_group: wgpu::BindGroup,
     grid: Grid,
 }
@@ -430,11 +430,11 @@ impl Builder<'_> {
             let fused = if at.norm.is_some() { "norm+" } else { "" };
             let glu_name = if glu { "+glu" } else { "" };
             self.ops.push(Op {
-                label: format!("{kernel:?} {fused}{}{glu_name}", role(&m.name)),
+                // Matvec for one token, matmul for more.
+                label: format!("Linear({:?}) {fused}{}{glu_name}", m.ty, role(&m.name)),
                 kernel,
-                alt: Some(Kernel::MatMul(m.ty)),
                 bind_group: bg,
-                grid: Grid::Linear { rows: if glu { p.rows / 2 } else { p.rows }, last_only: flags & LAST_TOKEN != 0 },
+                grid: Grid::Linear { rows: if glu { p.rows / 2 } else { p.rows }, last_only: flags & LAST_TOKEN != 0, ty: m.ty },
             });
         }
     }
@@ -443,12 +443,12 @@ impl Builder<'_> {
         let flags = (accumulate as u32) | if x.is_none() { 2 } else { 0 };
         let params = self.gpu.uniform("nparams", &NParams { n: n as u32, rows_per_tok: rows_per_tok as u32, flags, eps });
         let bg = self.gpu.bind_group(Kernel::RmsNorm, &[x.unwrap_or(self.dummy), w, y, &params, self.step]);
-        self.ops.push(Op { label: "RmsNorm".into(), kernel: Kernel::RmsNorm, alt: None, bind_group: bg, grid: Grid::Rows(rows_per_tok as u32) });
+        self.ops.push(Op { label: "RmsNorm".into(), kernel: Kernel::RmsNorm, bind_group: bg, grid: Grid::Rows(rows_per_tok as u32) });
     }
 
     fn op(&mut self, kernel: Kernel, buffers: &[&wgpu::Buffer], grid: Grid) {
         let bg = self.gpu.bind_group(kernel, buffers);
-        self.ops.push(Op { label: format!("{kernel:?}"), kernel, alt: None, bind_group: bg, grid });
+        self.ops.push(Op { label: format!("{kernel:?}"), kernel, bind_group: bg, grid });
     }
 }
 
@@ -948,18 +948,25 @@ impl Transformer {
         Ok(id)
     }
 
-    /// GPU time in ms of each op of one greedy decode step at `pos`, from timestamp
-    /// queries around a compute pass per op; `None` where the adapter has no timestamps.
-    /// Passes add gaps between ops, so the sum is kernel time, not the step's latency.
-    pub async fn profile_decode(&self, token: u32, pos: usize) -> Result<Option<Vec<(String, f64)>>> {
+    /// GPU time in ms of each op of one greedy step over `tokens` at `pos` (one token: a
+    /// decode step; more: a prefill chunk), from timestamp queries around a compute pass per
+    /// op; `None` where the adapter has no timestamps. Passes add gaps between ops, so the
+    /// sum is kernel time, not the step's latency.
+    pub async fn profile(&self, tokens: &[u32], pos: usize) -> Result<Option<Vec<(String, f64)>>> {
         if !self.gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
         }
-        self.check_batch(&[token], pos, Logits::Last)?;
-        let shape = self.write_step(&[token], pos);
+        self.check_batch(tokens, pos, Logits::Last)?;
+        let shape = self.write_step(tokens, pos);
         let p = SampleParams { vocab: self.cfg.vocab as u32, ..Default::default() };
         self.gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(&p));
-        let ops: Vec<&Op> = self.body_decode.iter().chain(&self.head_decode).chain(&self.greedy).collect();
+        let [body, head] = self.plan(tokens.len(), Logits::Last);
+        let ops: Vec<&Op> = body
+            .iter()
+            .chain(head)
+            .chain(&self.greedy)
+            .filter(|op| dispatch_of(&self.gpu, op, shape).1.iter().all(|&n| n > 0))
+            .collect();
         let n = ops.len() as u32 * 2;
         let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: n });
         let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -1016,11 +1023,13 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
             let wgs = (n * n_tok).div_ceil(256);
             (op.kernel, [wgs.min(65535), wgs.div_ceil(65535), 1])
         }
-        Grid::Linear { rows, last_only } => {
+        Grid::Linear { rows, last_only, ty } => {
             if last_only || n_tok == 1 {
-                (op.kernel, [rows.div_ceil(gpu.matvec_rows()), if last_only { 1 } else { n_tok }, 1])
+                (Kernel::MatVec(ty), [rows.div_ceil(gpu.matvec_rows()), if last_only { 1 } else { n_tok }, 1])
+            } else if gpu.tuning().matmul_by_rows {
+                (Kernel::MatMulRows(ty), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(ROW_TOKENS), 1])
             } else {
-                (op.alt.unwrap(), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS), 1])
+                (Kernel::MatMul(ty), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS), 1])
             }
         }
         Grid::Attention(blocks) => (op.kernel, [blocks, shape.splits, n_tok]),

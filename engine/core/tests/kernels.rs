@@ -45,18 +45,18 @@ fn every_quant_type_matches_reference_on_awkward_shapes() {
     }
 }
 
-/// The GPU configuration of the matvec (32 lanes per row, summed with subgroup shuffles
-/// where the adapter has subgroups, else through workgroup memory) on this CPU adapter,
-/// which otherwise runs one lane per row.
+/// The GPU configuration on this CPU adapter, which otherwise runs one matvec lane per row
+/// and untiled matmuls: the matvec with 32 lanes per row (summed with subgroup shuffles
+/// where the adapter has subgroups, else through workgroup memory) and the tiled matmul.
 #[test]
-fn matvec_in_gpu_tuning_matches_reference() {
+fn linear_in_gpu_tuning_matches_reference() {
     let mut gpu = pollster::block_on(gloss_engine::Gpu::new()).unwrap();
     gpu.set_tuning(gloss_engine::Tuning::GPU);
     eprintln!("subgroups: {} (min size {})", gpu.summary.subgroups, gpu.summary.subgroup_min_size);
     for ty in GgmlType::ALL {
         let k = if ty.block_size() == 256 { 512 } else { 96 };
-        for rows in [1, 67] {
-            check_linear(&gpu, ty, rows, k, 1, rows as u64 * 17);
+        for (rows, n_tok) in [(1, 1), (67, 1), (130, 37)] {
+            check_linear(&gpu, ty, rows, k, n_tok, rows as u64 * 17 + n_tok as u64);
         }
     }
 }
