@@ -1,18 +1,19 @@
 // Causal attention over the KV cache, split over the keys (flash-decoding): `partial` runs one
-// workgroup per (block of query heads, key split, query token) and leaves an unnormalised
+// workgroup per (block of queries, key split, block of tokens) and leaves an unnormalised
 // result with its running max and sum; `combine` merges a token's splits per head. One
 // workgroup per head would leave a big GPU idle and serialise long contexts; splits keep
 // every context length parallel. `window` > 0 limits a query to its last `window` positions
 // (Gemma's sliding-window layers).
 //
-// A block is `ap.heads` query heads of one kv group (grouped-query attention), at most
-// HEADS, a constant the engine prepends: on GPUs one head per workgroup, because small
-// models have one to three kv heads and the parallelism is worth more than the repeated kv
-// reads (which hit the cache); on CPU adapters a whole group, because there every
-// workgroup's barriers cost time and each key and value is then read once per group.
+// A block is `ap.heads` query heads of one kv group (grouped-query attention) times
+// `ap.tokens` consecutive tokens, at most HEADS queries (a constant the engine prepends):
+// they all read the same keys and values, so the block reads each once. Decode on GPUs uses
+// blocks of one query, because small models have one to three kv heads and the parallelism
+// is worth more than the repeated reads (which hit the cache); prefill and CPU adapters,
+// where every workgroup's barriers cost time, use larger blocks.
 //
 // Within a workgroup, keys go in tiles of 32: 8 threads share each key's dot products, every
-// (head, key) pair gets its probability in parallel, and 8 key slices accumulate the values
+// (query, key) pair gets its probability in parallel, and 8 key slices accumulate the values
 // (summed once at the end). No loop waits on one memory load after another.
 
 struct AParams {
@@ -27,9 +28,9 @@ struct AParams {
     flags: u32,
     n_rot: u32,
     eps: f32,
-    heads: u32, // query heads per workgroup
+    heads: u32,  // query heads per block
+    tokens: u32, // tokens per block
     _p0: u32,
-    _p1: u32,
 }
 // `splits` key splits of `chunk` positions each, per token (set per step on the CPU).
 struct Step { n_tok: u32, pos0: u32, splits: u32, chunk: u32 }
@@ -53,12 +54,12 @@ const KPS: u32 = TILE / SLICES; // keys per slice per tile
 const MAX_WPL: u32 = 4u;        // value words per lane (head_dim 256 / 2 / 32)
 const NEG: f32 = -3.0e38;
 
-var<workgroup> qs: array<f32, MAX_HEAD_VALUES>; // [block head][dim]
+var<workgroup> qs: array<f32, MAX_HEAD_VALUES>; // [block query][dim]
 var<workgroup> kc: array<f32, FUSED_DIM>;       // fused decode: this step's key, normed and rotated
 var<workgroup> vc: array<f32, FUSED_DIM>;       // fused decode: this step's value
 var<workgroup> red: array<f32, 2048>;           // partial dot products; at the end, slice sums
-var<workgroup> sc: array<f32, HEADS * TILE>;    // [block head][key]: scores
-var<workgroup> pr: array<f32, HEADS * TILE>;    // [block head][key]: probabilities
+var<workgroup> sc: array<f32, HEADS * TILE>;    // [block query][key]: scores
+var<workgroup> pr: array<f32, HEADS * TILE>;    // [block query][key]: probabilities
 var<workgroup> m_run: array<f32, HEADS>;
 var<workgroup> m_new: array<f32, HEADS>;
 var<workgroup> corr: array<f32, HEADS>;
@@ -121,31 +122,44 @@ fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
 
 var<private> local_id: u32;
 
+// Block query g's head and token.
+fn member(g: u32, h0: u32, t0: u32) -> vec2<u32> {
+    return vec2<u32>(h0 + g % ap.heads, t0 + g / ap.heads);
+}
+
+// The first key a query at `pos` sees.
+fn first_key(pos: u32) -> u32 {
+    if (ap.window > 0u && pos + 1u > ap.window) { return pos + 1u - ap.window; }
+    return 0u;
+}
+
 @compute @workgroup_size(256)
 fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     local_id = lid;
     let split = wid.y;
-    let t = wid.z;
     let hd = ap.head_dim;
-    let heads = ap.heads;
-    let h0 = wid.x * heads;
+    let h0 = wid.x * ap.heads;
+    let t0 = wid.z * ap.tokens;
+    // Block queries past the step's last token stay idle (no keys, nothing written).
+    let members = ap.heads * min(ap.tokens, step.n_tok - t0);
     let group = ap.n_head / ap.n_kv;
     let kvh = h0 / group;
     let kv_words = ap.n_kv * hd / 2u;
     let head_words = kvh * hd / 2u;
-    let pos = step.pos0 + t;
-    var first = 0u;
-    if (ap.window > 0u && pos + 1u > ap.window) { first = pos + 1u - ap.window; }
-    let lo = max(first, split * step.chunk);
-    let hi = min(pos + 1u, (split + 1u) * step.chunk); // keys lo..hi-1
+    // Keys lo..hi-1: the block's, within this split; each query masks its own.
+    let pos = step.pos0 + t0;
+    let pos_last = step.pos0 + member(members - 1u, h0, t0).y;
+    let lo = max(first_key(pos), split * step.chunk);
+    let hi = min(pos_last + 1u, (split + 1u) * step.chunk);
 
-    let qb = t * ap.q_stride + h0 * hd;
+    let qb = t0 * ap.q_stride + h0 * hd;
     let fused = (ap.flags & 1u) != 0u;
-    // Fused decode: the workgroup whose split holds this step's position makes its key (and
-    // value) itself; the first query head of each kv group also appends them to the cache.
+    // Fused decode (one query per block): the workgroup whose split holds this step's
+    // position makes its key (and value) itself; the first query head of each kv group also
+    // appends them to the cache.
     let own = fused && pos >= lo && pos < hi;
     if (fused) {
-        prepare(qb, t * ap.q_stride + (ap.n_head + kvh) * hd, own, pos);
+        prepare(qb, t0 * ap.q_stride + (ap.n_head + kvh) * hd, own, pos);
         if (own && h0 % group == 0u) {
             let dst = pos * kv_words + head_words;
             for (var w = lid; w < hd / 2u; w += WG) {
@@ -154,10 +168,13 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             }
         }
     } else {
-        for (var i = lid; i < heads * hd; i += WG) { qs[i] = q[qb + i] * ap.scale; }
+        for (var i = lid; i < members * hd; i += WG) {
+            let m = member(i / hd, h0, t0);
+            qs[i] = q[m.y * ap.q_stride + m.x * hd + i % hd] * ap.scale;
+        }
     }
-    if (lid < heads) { m_run[lid] = NEG; }
-    var l = 0.0; // running sum, kept by thread g < heads
+    if (lid < members) { m_run[lid] = NEG; }
+    var l = 0.0; // running sum, kept by thread g < members
     workgroupBarrier();
 
     // Dot products: 8 threads per key; thread `share` takes words share, share + 8, ... of the
@@ -167,7 +184,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let wpt = hd / 2u / TPK;
     let share = lid % TPK;
     // Values: slice `ks` takes keys ks, ks+8, ...; lane `vl` words vl, vl+32, ... of the
-    // head; acc[wi * HEADS + g] holds block head g's two values of word vl + 32 wi.
+    // head; acc[wi * HEADS + g] holds block query g's two values of word vl + 32 wi.
     let ks = lid / 32u;
     let vl = lid % 32u;
     let hw = hd / 2u;
@@ -186,37 +203,40 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 var kk = unpack2x16float(k_cache[kb + w]);
                 if (from_kc) { kk = vec2<f32>(kc[2u * w], kc[2u * w + 1u]); }
                 for (var g = 0u; g < HEADS; g++) {
-                    if (g < heads) { s[g] += qs[g * hd + 2u * w] * kk.x + qs[g * hd + 2u * w + 1u] * kk.y; }
+                    if (g < members) { s[g] += qs[g * hd + 2u * w] * kk.x + qs[g * hd + 2u * w + 1u] * kk.y; }
                 }
             }
         }
         for (var g = 0u; g < HEADS; g++) {
-            if (g < heads) { red[g * WG + lid] = s[g]; }
+            if (g < members) { red[g * WG + lid] = s[g]; }
         }
         workgroupBarrier();
         let g = lid / TILE;
         let j = lid % TILE;
-        if (g < heads) {
+        // Key c + j within this query's causal (and sliding) window?
+        let pos_g = step.pos0 + member(g, h0, t0).y;
+        let seen = j < n && c + j >= first_key(pos_g) && c + j <= pos_g;
+        if (g < members) {
             var d = 0.0;
             for (var p = 0u; p < TPK; p++) { d += red[g * WG + j * TPK + p]; }
-            sc[lid] = select(NEG, d, j < n);
+            sc[lid] = select(NEG, d, seen);
         }
         workgroupBarrier();
-        if (g < heads) {
+        if (g < members) {
             var mx = vec4<f32>(m_run[g]);
             for (var jj = 0u; jj < TILE; jj += 4u) {
                 let b = g * TILE + jj;
                 mx = max(mx, vec4<f32>(sc[b], sc[b + 1u], sc[b + 2u], sc[b + 3u]));
             }
             let m = max(max(mx.x, mx.y), max(mx.z, mx.w));
-            pr[lid] = select(0.0, exp(sc[lid] - m), j < n);
+            pr[lid] = select(0.0, exp(sc[lid] - m), seen);
             if (j == 0u) {
                 m_new[g] = m;
                 corr[g] = exp(m_run[g] - m);
             }
         }
         workgroupBarrier();
-        if (lid < heads) {
+        if (lid < members) {
             var sum = vec4<f32>(0.0);
             for (var jj = 0u; jj < TILE; jj += 4u) {
                 let b = lid * TILE + jj;
@@ -229,7 +249,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             let w = vl + 32u * wi;
             if (w < hw) {
                 for (var g = 0u; g < HEADS; g++) {
-                    if (g < heads) { acc[wi * HEADS + g] *= corr[g]; }
+                    if (g < members) { acc[wi * HEADS + g] *= corr[g]; }
                 }
                 // Keys past n have p = 0 and read a valid row instead of branching.
                 for (var i = 0u; i < KPS; i++) {
@@ -238,7 +258,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                     var vv = unpack2x16float(v_cache[row * kv_words + head_words + w]);
                     if (own && row == pos) { vv = vec2<f32>(vc[2u * w], vc[2u * w + 1u]); }
                     for (var g = 0u; g < HEADS; g++) {
-                        if (g < heads) { acc[wi * HEADS + g] += pr[g * TILE + jj] * vv; }
+                        if (g < members) { acc[wi * HEADS + g] += pr[g * TILE + jj] * vv; }
                     }
                 }
             }
@@ -246,13 +266,13 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
     }
 
-    // Sum the slices, one block head at a time (red holds [slice][head_dim]). With one
+    // Sum the slices, one block query at a time (red holds [slice][head_dim]). With one
     // split this is the whole attention: normalise and write the result (no combine runs).
     let whole = step.splits == 1u;
-    if (lid < heads) { corr[lid] = l; } // now each block head's sum
+    if (lid < members) { corr[lid] = l; } // now each block query's sum
     let stride = hd + 2u;
     for (var g = 0u; g < HEADS; g++) {
-        if (g < heads) {
+        if (g < members) {
             for (var wi = 0u; wi < MAX_WPL; wi++) {
                 let w = vl + 32u * wi;
                 if (w < hw) {
@@ -261,8 +281,9 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 }
             }
             workgroupBarrier();
-            let pb = ((t * ap.n_head + h0 + g) * step.splits + split) * stride;
-            let ob = (t * ap.n_head + h0 + g) * hd;
+            let m = member(g, h0, t0);
+            let pb = ((m.y * ap.n_head + m.x) * step.splits + split) * stride;
+            let ob = (m.y * ap.n_head + m.x) * hd;
             for (var d = lid; d < hd; d += WG) {
                 var v = 0.0;
                 for (var k = 0u; k < SLICES; k++) { v += red[k * hd + d]; }
@@ -274,8 +295,9 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             workgroupBarrier();
         }
     }
-    if (lid < heads && !whole) {
-        let pb = ((t * ap.n_head + h0 + lid) * step.splits + split) * stride + hd;
+    if (lid < members && !whole) {
+        let m = member(lid, h0, t0);
+        let pb = ((m.y * ap.n_head + m.x) * step.splits + split) * stride + hd;
         part[pb + 1u] = l;
     }
 }

@@ -25,7 +25,8 @@ pub enum Kernel {
     Embed(GgmlType),
     RmsNorm,
     RopeKv,
-    Attention,
+    /// Attention's partial results, for blocks of up to this many queries.
+    Attention(u32),
     AttentionCombine,
     Glu,
     ArgmaxPartial,
@@ -57,11 +58,10 @@ fn compose(src: &str, subgroups: bool) -> String {
     if uses_subgroups && cfg!(target_arch = "wasm32") { format!("enable subgroups;\n{body}") } else { body }
 }
 
-/// attention.wgsl with the block size its arrays need: `HEADS` query heads per workgroup at
-/// most, their q values (at most 1024 floats), and the fused decode's key and value (which
-/// runs with one head per workgroup only).
-fn attention(tuning: Tuning) -> String {
-    let heads = tuning.attention_heads;
+/// attention.wgsl with the block size its arrays need: `HEADS` queries per workgroup at most,
+/// their q values (at most 1024 floats), and the fused decode's key and value (which runs
+/// with one query per workgroup only).
+fn attention(heads: u32) -> String {
     format!(
         "const HEADS: u32 = {heads}u;\nconst MAX_HEAD_VALUES: u32 = {}u;\nconst FUSED_DIM: u32 = {}u;\n{}",
         (heads * 256).min(1024),
@@ -71,7 +71,7 @@ fn attention(tuning: Tuning) -> String {
 }
 
 impl Kernel {
-    fn source(self, subgroups: bool, tuning: Tuning) -> (String, &'static str) {
+    fn source(self, subgroups: bool) -> (String, &'static str) {
         // Weight kernels get the dequantizer of their type as `load4`.
         let quant = |body: &str, ty: GgmlType| {
             let f = match ty {
@@ -95,8 +95,8 @@ impl Kernel {
             Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
             Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
-            Kernel::Attention => (attention(tuning), "partial"),
-            Kernel::AttentionCombine => (attention(tuning), "combine"),
+            Kernel::Attention(block) => (attention(block), "partial"),
+            Kernel::AttentionCombine => (attention(1), "combine"),
             Kernel::Glu => (include_str!("../../../shaders/glu.wgsl").into(), "main"),
             Kernel::ArgmaxPartial => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_partial"),
             Kernel::ArgmaxFinal => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_final"),
@@ -113,7 +113,7 @@ impl Kernel {
             Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
             // One layout for both entry points, so they share a bind group.
-            Kernel::Attention | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
+            Kernel::Attention(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
             Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],
             Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::Sample => {
                 &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform]
@@ -129,9 +129,10 @@ impl Kernel {
 pub struct Tuning {
     /// Threads per matvec row: 32 on GPUs, 1 on CPU adapters (no barriers there).
     pub matvec_lanes: u32,
-    /// Query heads one attention workgroup serves at most: 1 on GPUs; 8 on CPU adapters, so
-    /// a kv group's keys and values are read once. With 1, decode attention also does the
-    /// q/k norms, rotation and cache append itself (one dispatch fewer per layer).
+    /// Query heads one decode attention workgroup serves at most: 1 on GPUs; 8 on CPU
+    /// adapters, so a kv group's keys and values are read once. With 1, decode attention also
+    /// does the q/k norms, rotation and cache append itself (one dispatch fewer per layer).
+    /// (Prefill always takes blocks of heads and tokens.)
     pub attention_heads: u32,
     /// Prefill's linear layers as one invocation per (row, 8 tokens), without workgroup
     /// tiles or barriers (CPU adapters), instead of tiles shared through workgroup memory.
@@ -144,7 +145,7 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, whole_attention_keys: 256 };
+    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, whole_attention_keys: 0 };
     pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, whole_attention_keys: u32::MAX };
 }
 
@@ -363,7 +364,7 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
             return p.clone();
         }
-        let (src, entry) = kernel.source(self.summary.subgroups, self.tuning);
+        let (src, entry) = kernel.source(self.summary.subgroups);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&format!("{kernel:?}")),
             source: wgpu::ShaderSource::Wgsl(src.into()),

@@ -16,6 +16,8 @@ use crate::quant::{self, GgmlType};
 const UPLOAD_CHUNK: usize = 8 << 20;
 const MATMUL_ROWS: u32 = 64;
 const MATMUL_TOKENS: u32 = 32;
+/// Queries (heads x tokens) per prefill attention workgroup: they share each key and value read.
+const PREFILL_QUERIES: usize = 8;
 /// Tokens per invocation of matmul.wgsl's `rows` (ROW_TOKENS there).
 const ROW_TOKENS: u32 = 8;
 const ARGMAX_CHUNK: u32 = 256 * 16;
@@ -100,9 +102,10 @@ struct AParams {
     flags: u32,
     n_rot: u32,
     eps: f32,
-    /// Query heads per workgroup.
+    /// Query heads and tokens per workgroup.
     heads: u32,
-    _p: [u32; 2],
+    tokens: u32,
+    _p: u32,
 }
 
 #[repr(C)]
@@ -261,8 +264,8 @@ enum Grid {
     Elems(u32),
     /// A linear layer: matvec for one token, a matmul for more.
     Linear { rows: u32, last_only: bool, ty: GgmlType },
-    /// Attention's (blocks of query heads, key splits, tokens).
-    Attention(u32),
+    /// Attention's (blocks of query heads, key splits, blocks of `tokens` tokens).
+    Attention { blocks: u32, tokens: u32 },
     /// Merges the key splits, x workgroups per token; nothing to do with one split.
     Combine(u32),
     Fixed(u32),
@@ -596,14 +599,22 @@ impl Transformer {
         let kv_words = (ctx * kvd / 2 * 4) as u64;
         let mut kv_bytes = 0;
         let glu_params = g.uniform("gparams", &U4 { a: cfg.n_ff as u32, b: (cfg.act == Activation::GeluTanh) as u32, _p: [0; 2] });
-        // Query heads per attention workgroup: the adapter's block size or the largest divisor
-        // of the group below it (the block's q values fit 1024 floats: head_dim <= 256).
+        // Attention blocks, (query heads, tokens) per workgroup: up to `cap` queries whose q
+        // values fit 1024 floats (head_dim <= 256); the heads are the largest divisor of the
+        // kv group that fits, tokens (prefill) fill the rest.
         let group = cfg.n_head / cfg.n_kv_head;
-        let max_heads = g.tuning().attention_heads.min(1024 / cfg.head_dim as u32) as usize;
-        let heads = (1..=max_heads.min(group)).rev().find(|h| group % h == 0).unwrap_or(1);
-        // Decode folds rope_kv into attention when each workgroup has one head.
-        let fuse_rope = heads == 1;
-        let aparams = |window: u32, fused: bool| {
+        let block = |cap: usize, tokens: bool| {
+            let cap = cap.min(1024 / cfg.head_dim);
+            let heads = (1..=cap.min(group)).rev().find(|h| group % h == 0).unwrap_or(1);
+            (heads, if tokens { cap / heads } else { 1 })
+        };
+        // [prefill, decode]
+        let blocks = [block(PREFILL_QUERIES, true), block(g.tuning().attention_heads as usize, false)];
+        // Decode folds rope_kv into attention when each workgroup has one query.
+        let fuse_rope = blocks[1] == (1, 1);
+        let aparams = |window: u32, decode: bool| {
+            let fused = decode && fuse_rope;
+            let (heads, tokens) = blocks[decode as usize];
             g.uniform(
                 "aparams",
                 &AParams {
@@ -617,11 +628,12 @@ impl Transformer {
                     n_rot: cfg.n_rot as u32,
                     eps: cfg.rms_eps,
                     heads: heads as u32,
-                    _p: [0; 2],
+                    tokens: tokens as u32,
+                    _p: 0,
                 },
             )
         };
-        // [window][fused]: full and sliding-window layers, without and with rope_kv fused in.
+        // [window][decode]: full and sliding-window layers, prefill and decode.
         let attn_params = [[aparams(0, false), aparams(0, true)], [aparams(cfg.window as u32, false), aparams(cfg.window as u32, true)]];
         let pparams = g.uniform(
             "pparams",
@@ -690,8 +702,10 @@ impl Transformer {
                     let pbind = [&act.qkv, norm_w, freqs, &k_cache, &v_cache, &pparams, &step];
                     b.op(Kernel::RopeKv, &pbind, Grid::PerToken((cfg.n_head + cfg.n_kv_head) as u32));
                 }
-                let abind = [&act.qkv, &k_cache, &v_cache, &act.part, &attn_params[swa][fused as usize], &step, &act.att, norm_w, freqs];
-                b.op(Kernel::Attention, &abind, Grid::Attention((cfg.n_head / heads) as u32));
+                let abind = [&act.qkv, &k_cache, &v_cache, &act.part, &attn_params[swa][decode as usize], &step, &act.att, norm_w, freqs];
+                let (heads, tokens) = blocks[decode as usize];
+                let grid = Grid::Attention { blocks: (cfg.n_head / heads) as u32, tokens: tokens as u32 };
+                b.op(Kernel::Attention((heads * tokens) as u32), &abind, grid);
                 b.op(Kernel::AttentionCombine, &abind, Grid::Combine(cfg.n_head as u32));
                 match &post {
                     Some((post_attn, _)) => {
@@ -1032,7 +1046,7 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
                 (Kernel::MatMul(ty), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS), 1])
             }
         }
-        Grid::Attention(blocks) => (op.kernel, [blocks, shape.splits, n_tok]),
+        Grid::Attention { blocks, tokens } => (op.kernel, [blocks, shape.splits, n_tok.div_ceil(tokens)]),
         Grid::Combine(x) => (op.kernel, [if shape.splits == 1 { 0 } else { x }, n_tok, 1]),
         Grid::Fixed(x) => (op.kernel, [x, 1, 1]),
     }
