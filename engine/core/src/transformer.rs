@@ -16,7 +16,8 @@ use crate::quant::{self, GgmlType};
 const UPLOAD_CHUNK: usize = 8 << 20;
 const MATMUL_ROWS: u32 = 64;
 const MATMUL_TOKENS: u32 = 32;
-/// Queries (heads x tokens) per prefill attention workgroup: they share each key and value read.
+/// Queries (heads x tokens) per prefill attention workgroup: they share each key and value
+/// read. At most 8: attention.wgsl's `red` holds 8 queries' partial dot products.
 const PREFILL_QUERIES: usize = 8;
 /// Tokens per invocation of matmul.wgsl's `rows` (ROW_TOKENS there).
 const ROW_TOKENS: u32 = 8;
