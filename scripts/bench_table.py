@@ -58,7 +58,7 @@ if any("gpu_bytes" in r for r in rows):
 for f in files:
     for d in [r for r in rows if r["file"] == f and r["engine"] == "gloss" and "kernels" in r][-1:]:
         chunk = f"the last {min(d['prompt_tokens'], d.get('batch', 256))}-token prefill chunk of {d['prompt_tokens']}"
-        for key, what in [("kernels", f"one decode step after {d['prompt_tokens']} tokens"), ("prefill_kernels", chunk)]:
+        for key, what in [("kernels", f"one decode step at position {d['prompt_tokens'] + d['gen_tokens']} (after the decode run)"), ("prefill_kernels", chunk)]:
             if key not in d:
                 continue
             print()
