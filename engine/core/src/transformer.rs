@@ -273,7 +273,7 @@ enum Grid {
 }
 
 struct Op {
-    /// What the op computes, for profiles ("MatVec(Q4_1) attn_q", "Attention").
+    /// What the op computes, for profiles ("Linear(Q4_1) attn_q", "Attention(1)").
     label: String,
     kernel: Kernel,
     bind_group: wgpu::BindGroup,
