@@ -291,14 +291,10 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             }
             if (lid == 0u && !whole) {
                 part[pb + hd] = m_run[g];
+                part[pb + hd + 1u] = corr[g];
             }
             workgroupBarrier();
         }
-    }
-    if (lid < members && !whole) {
-        let m = member(lid, h0, t0);
-        let pb = ((m.y * ap.n_head + m.x) * step.splits + split) * stride + hd;
-        part[pb + 1u] = l;
     }
 }
 

@@ -19,7 +19,9 @@ const MATMUL_TOKENS: u32 = 32;
 /// Queries (heads x tokens) per prefill attention workgroup: they share each key and value
 /// read. At most 8: attention.wgsl's `red` holds 8 queries' partial dot products.
 const PREFILL_QUERIES: usize = 8;
-/// Tokens per invocation of matmul.wgsl's `rows` (ROW_TOKENS there).
+/// Rows (one per invocation) and tokens per invocation of matmul.wgsl's `rows` (its
+/// workgroup size and ROW_TOKENS).
+const ROW_WORKGROUP: u32 = 64;
 const ROW_TOKENS: u32 = 8;
 const ARGMAX_CHUNK: u32 = 256 * 16;
 /// Attention splits the keys into runs of at least this many positions (attention.wgsl).
@@ -799,7 +801,7 @@ impl Transformer {
     pub fn dispatches_per_token(&self, pos: usize) -> usize {
         let shape = self.shape(1, pos).0;
         let ops = self.body_decode.iter().chain(&self.head_decode).chain(&self.greedy);
-        ops.filter(|op| dispatch_of(&self.gpu, op, shape).1.iter().all(|&n| n > 0)).count()
+        ops.filter(|op| dispatch_of(&self.gpu, op, shape).is_some()).count()
     }
 
     /// The op lists that run `n_tok` tokens and then `logits`.
@@ -980,7 +982,7 @@ impl Transformer {
             .iter()
             .chain(head)
             .chain(&self.greedy)
-            .filter(|op| dispatch_of(&self.gpu, op, shape).1.iter().all(|&n| n > 0))
+            .filter(|op| dispatch_of(&self.gpu, op, shape).is_some())
             .collect();
         let n = ops.len() as u32 * 2;
         let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: n });
@@ -1025,10 +1027,11 @@ struct Shape {
     splits: u32,
 }
 
-/// The pipeline and workgroup grid that run `op` for a step.
-fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
+/// The pipeline and workgroup grid that run `op` for a step; `None` where the op has nothing
+/// to do (a combine with one key split).
+fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
     let n_tok = shape.n_tok;
-    match op.grid {
+    let (kernel, grid) = match op.grid {
         Grid::PerToken(x) => (op.kernel, [x, n_tok, 1]),
         Grid::Rows(n) => {
             let rows = n * n_tok;
@@ -1042,7 +1045,7 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
             if last_only || n_tok == 1 {
                 (Kernel::MatVec(ty), [rows.div_ceil(gpu.matvec_rows()), if last_only { 1 } else { n_tok }, 1])
             } else if gpu.tuning().matmul_by_rows {
-                (Kernel::MatMulRows(ty), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(ROW_TOKENS), 1])
+                (Kernel::MatMulRows(ty), [rows.div_ceil(ROW_WORKGROUP), n_tok.div_ceil(ROW_TOKENS), 1])
             } else {
                 (Kernel::MatMul(ty), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS), 1])
             }
@@ -1050,15 +1053,13 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> (Kernel, [u32; 3]) {
         Grid::Attention { blocks, tokens } => (op.kernel, [blocks, shape.splits, n_tok.div_ceil(tokens)]),
         Grid::Combine(x) => (op.kernel, [if shape.splits == 1 { 0 } else { x }, n_tok, 1]),
         Grid::Fixed(x) => (op.kernel, [x, 1, 1]),
-    }
+    };
+    grid.iter().all(|&n| n > 0).then_some((kernel, grid))
 }
 
 fn encode(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: &[Op], shape: Shape) {
     for op in ops {
-        let (kernel, [x, y, z]) = dispatch_of(gpu, op, shape);
-        if x * y * z == 0 {
-            continue;
-        }
+        let Some((kernel, [x, y, z])) = dispatch_of(gpu, op, shape) else { continue };
         pass.set_pipeline(&gpu.pipeline(kernel).pipeline);
         pass.set_bind_group(0, &op.bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
