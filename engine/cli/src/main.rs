@@ -8,7 +8,8 @@
 //!   gloss info --model M
 //!
 //! Sampling: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --repeat-penalty R
-//! --presence-penalty P --frequency-penalty F --seed S. Model options: --ctx N --batch N.
+//! --presence-penalty P --frequency-penalty F --seed S. Model options: --ctx N --batch N, and --f32 to keep the f32
+//! kernels on an adapter with shader-f16 (to compare the two paths).
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -77,7 +78,11 @@ async fn load(args: &Args) -> Result<Engine> {
 /// The model, and the milliseconds `Engine::load` took (file to GPU, pipelines compiled).
 async fn load_timed(args: &Args) -> Result<(Engine, f64)> {
     let path = args.get("model").unwrap_or(DEFAULT_MODEL);
-    let gpu = Arc::new(Gpu::new().await?);
+    let mut gpu = Gpu::new().await?;
+    if args.has("f32") {
+        gpu.set_f16(false);
+    }
+    let gpu = Arc::new(gpu);
     let mut src = FileSource::open(path)?;
     let opts = Options { ctx: args.num("ctx", 4096)?, max_batch: args.num("batch", 256)? };
     let t0 = now_ms();
@@ -257,11 +262,12 @@ fn kernel_profile(ops: &[(String, f64)]) -> String {
 fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: f64, ttft: f64, split: (f64, f64), load_ms: f64, kernels: Option<String>) -> String {
     let kernels = kernels.unwrap_or_default();
     format!(
-        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"batch\":{},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{},\"gpu_bytes\":{},\"load_ms\":{load_ms:.1}{kernels}}}",
+        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"batch\":{},\"f16\":{},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{},\"gpu_bytes\":{},\"load_ms\":{load_ms:.1}{kernels}}}",
         e.info.name,
         e.info.adapter.name,
         n as f64 / (prefill_ms / 1000.0),
         e.model.max_batch,
+        e.model.gpu.f16(),
         gen as f64 / (decode_ms / 1000.0),
         ttft,
         split.0,

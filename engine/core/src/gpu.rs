@@ -70,8 +70,18 @@ fn attention(heads: u32) -> String {
     )
 }
 
+/// matmul.wgsl with its tile element: f16 where the device has shader-f16, else f32.
+fn matmul(f16: bool) -> String {
+    let body = include_str!("../../../shaders/matmul.wgsl");
+    if f16 {
+        format!("enable f16;\nalias TV = vec4<f16>;\nconst TK: u32 = 32u;\n{body}")
+    } else {
+        format!("alias TV = vec4<f32>;\nconst TK: u32 = 16u;\n{body}")
+    }
+}
+
 impl Kernel {
-    fn source(self, subgroups: bool) -> (String, &'static str) {
+    fn source(self, subgroups: bool, f16: bool) -> (String, &'static str) {
         // Weight kernels get the dequantizer of their type as `load4`.
         let quant = |body: &str, ty: GgmlType| {
             let f = match ty {
@@ -90,8 +100,8 @@ impl Kernel {
         };
         let (src, entry) = match self {
             Kernel::MatVec(t) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
-            Kernel::MatMul(t) => (quant(include_str!("../../../shaders/matmul.wgsl"), t), "main"),
-            Kernel::MatMulRows(t) => (quant(include_str!("../../../shaders/matmul.wgsl"), t), "rows"),
+            Kernel::MatMul(t) => (quant(&matmul(f16), t), "main"),
+            Kernel::MatMulRows(t) => (quant(&matmul(false), t), "rows"),
             Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
             Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
@@ -175,6 +185,9 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub summary: AdapterSummary,
     tuning: Tuning,
+    /// Kernels compute in f16 where it pays (the prefill matmul's tiles); set when the
+    /// device has shader-f16.
+    f16: bool,
     /// Bytes of storage and uniform buffers created so far (what a loaded model holds).
     pub allocated: std::sync::atomic::AtomicU64,
     /// Set by the device-lost callback or the uncaptured-error handler.
@@ -254,6 +267,7 @@ impl Gpu {
             device,
             queue,
             limits,
+            f16: summary.shader_f16,
             summary,
             tuning,
             allocated: Default::default(),
@@ -364,7 +378,7 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
             return p.clone();
         }
-        let (src, entry) = kernel.source(self.summary.subgroups);
+        let (src, entry) = kernel.source(self.summary.subgroups, self.f16);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&format!("{kernel:?}")),
             source: wgpu::ShaderSource::Wgsl(src.into()),
@@ -418,6 +432,18 @@ impl Gpu {
         assert!(tuning.matvec_lanes.is_power_of_two() && tuning.matvec_lanes <= 32);
         assert!((1..=8).contains(&tuning.attention_heads) && self.pipelines.get_mut().unwrap().is_empty());
         self.tuning = tuning;
+    }
+
+    /// Whether kernels take their f16 path.
+    pub fn f16(&self) -> bool {
+        self.f16
+    }
+
+    /// Turns the f16 path off (tests compare both paths on one adapter), before any
+    /// pipeline exists; it cannot be turned on without shader-f16.
+    pub fn set_f16(&mut self, on: bool) {
+        assert!((!on || self.summary.shader_f16) && self.pipelines.get_mut().unwrap().is_empty());
+        self.f16 = on;
     }
 
     fn layout(&self, sig: &'static [Bind]) -> wgpu::BindGroupLayout {

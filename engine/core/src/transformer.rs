@@ -15,7 +15,7 @@ use crate::quant::{self, GgmlType};
 /// Bytes of file data read per upload chunk: bounds the loader's peak memory.
 const UPLOAD_CHUNK: usize = 8 << 20;
 const MATMUL_ROWS: u32 = 64;
-const MATMUL_TOKENS: u32 = 32;
+const MATMUL_TOKENS: u32 = 64;
 /// Queries (heads x tokens) per prefill attention workgroup: they share each key and value
 /// read. At most 8: attention.wgsl's `red` holds 8 queries' partial dot products.
 const PREFILL_QUERIES: usize = 8;
