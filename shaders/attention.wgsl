@@ -13,8 +13,11 @@
 // where every workgroup's barriers cost time, use larger blocks.
 //
 // Within a workgroup, keys go in tiles of 32: 8 threads share each key's dot products, every
-// (query, key) pair gets its probability in parallel, and 8 key slices accumulate the values
-// (summed once at the end). No loop waits on one memory load after another.
+// (query, key) pair gets its probability in parallel, and each thread accumulates one value
+// word (two dimensions) of every block query over a slice of the keys (slices summed once at
+// the end). No loop waits on one memory load after another. Private arrays are indexed by
+// block query only, so with one query per block (GPUs) they are single registers: drivers
+// may keep an indexed array in local memory, at a large cost.
 
 struct AParams {
     n_head: u32,
@@ -49,9 +52,6 @@ struct Step { n_tok: u32, pos0: u32, splits: u32, chunk: u32 }
 const WG: u32 = 256u;
 const TILE: u32 = 32u;          // keys per inner step
 const TPK: u32 = WG / TILE;     // threads per key in the dot products
-const SLICES: u32 = 8u;         // key slices in the value pass
-const KPS: u32 = TILE / SLICES; // keys per slice per tile
-const MAX_WPL: u32 = 4u;        // value words per lane (head_dim 256 / 2 / 32)
 const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, MAX_HEAD_VALUES>; // [block query][dim]
@@ -183,13 +183,14 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let key = lid / TPK;
     let wpt = hd / 2u / TPK;
     let share = lid % TPK;
-    // Values: slice `ks` takes keys ks, ks+8, ...; lane `vl` words vl, vl+32, ... of the
-    // head; acc[wi * HEADS + g] holds block query g's two values of word vl + 32 wi.
-    let ks = lid / 32u;
-    let vl = lid % 32u;
+    // Values: thread (slice ks, word vw) takes keys ks, ks + slices, ... of each tile;
+    // acc[g] holds block query g's two values of word vw (threads past slices x words idle).
     let hw = hd / 2u;
-    var acc: array<vec2<f32>, MAX_WPL * HEADS>;
-    for (var i = 0u; i < MAX_WPL * HEADS; i++) { acc[i] = vec2<f32>(0.0); }
+    let slices = WG / hw;
+    let ks = lid / hw;
+    let vw = lid % hw;
+    var acc: array<vec2<f32>, HEADS>;
+    for (var g = 0u; g < HEADS; g++) { acc[g] = vec2<f32>(0.0); }
     // Constant loop bounds below let arrays live in registers and loads go out together.
     for (var c = lo; c < hi; c += TILE) {
         let n = min(TILE, hi - c);
@@ -245,21 +246,17 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             l = l * corr[lid] + sum.x + sum.y + sum.z + sum.w;
             m_run[lid] = m_new[lid];
         }
-        for (var wi = 0u; wi < MAX_WPL; wi++) {
-            let w = vl + 32u * wi;
-            if (w < hw) {
+        if (ks < slices) {
+            for (var g = 0u; g < HEADS; g++) {
+                if (g < members) { acc[g] *= corr[g]; }
+            }
+            // Keys past n have p = 0 and read a valid row instead of branching.
+            for (var jj = ks; jj < TILE; jj += slices) {
+                let row = c + min(jj, n - 1u);
+                var vv = unpack2x16float(v_cache[row * kv_words + head_words + vw]);
+                if (own && row == pos) { vv = vec2<f32>(vc[2u * vw], vc[2u * vw + 1u]); }
                 for (var g = 0u; g < HEADS; g++) {
-                    if (g < members) { acc[wi * HEADS + g] *= corr[g]; }
-                }
-                // Keys past n have p = 0 and read a valid row instead of branching.
-                for (var i = 0u; i < KPS; i++) {
-                    let jj = ks + SLICES * i;
-                    let row = c + min(jj, n - 1u);
-                    var vv = unpack2x16float(v_cache[row * kv_words + head_words + w]);
-                    if (own && row == pos) { vv = vec2<f32>(vc[2u * w], vc[2u * w + 1u]); }
-                    for (var g = 0u; g < HEADS; g++) {
-                        if (g < members) { acc[wi * HEADS + g] += pr[g * TILE + jj] * vv; }
-                    }
+                    if (g < members) { acc[g] += pr[g * TILE + jj] * vv; }
                 }
             }
         }
@@ -273,12 +270,9 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let stride = hd + 2u;
     for (var g = 0u; g < HEADS; g++) {
         if (g < members) {
-            for (var wi = 0u; wi < MAX_WPL; wi++) {
-                let w = vl + 32u * wi;
-                if (w < hw) {
-                    red[ks * hd + 2u * w] = acc[wi * HEADS + g].x;
-                    red[ks * hd + 2u * w + 1u] = acc[wi * HEADS + g].y;
-                }
+            if (ks < slices) {
+                red[ks * hd + 2u * vw] = acc[g].x;
+                red[ks * hd + 2u * vw + 1u] = acc[g].y;
             }
             workgroupBarrier();
             let m = member(g, h0, t0);
@@ -286,7 +280,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             let ob = (m.y * ap.n_head + m.x) * hd;
             for (var d = lid; d < hd; d += WG) {
                 var v = 0.0;
-                for (var k = 0u; k < SLICES; k++) { v += red[k * hd + d]; }
+                for (var k = 0u; k < slices; k++) { v += red[k * hd + d]; }
                 if (whole) { out[ob + d] = v / corr[g]; } else { part[pb + d] = v; }
             }
             if (lid == 0u && !whole) {

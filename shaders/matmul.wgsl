@@ -29,7 +29,7 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const CG: u32 = TK / 4u;            // column groups (vec4) per step
 const STRIDE: u32 = CG + 1u;        // padded row stride: 16 consecutive rows land on distinct banks
-const LOADS: u32 = TM * CG / 256u;  // tile elements each thread fetches per step
+const LOADS: u32 = TM * CG / 256u;  // tile elements each thread fetches per step (1 or 2)
 var<workgroup> ws: array<TV, TM * STRIDE>;
 var<workgroup> xs: array<TV, TN * STRIDE>;
 
@@ -46,50 +46,77 @@ fn token_at(t0: u32, i: u32, kk: u32) -> vec4<f32> {
     return x[t * (wp.k / 4u) + kk / 4u + i % CG];
 }
 
+fn tile_at(i: u32) -> u32 {
+    return (i / CG) * STRIDE + i % CG;
+}
+
+// One weight group against four tokens' groups.
+fn dots(wv: TV, x0: TV, x1: TV, x2: TV, x3: TV) -> vec4<f32> {
+    return vec4<f32>(f32(dot(wv, x0)), f32(dot(wv, x1)), f32(dot(wv, x2)), f32(dot(wv, x3)));
+}
+
+// Row r's sums for tokens t, t + 16, t + 32, t + 48.
+fn store4(r: u32, t: u32, a: vec4<f32>) {
+    if (r >= wp.rows) { return; }
+    for (var j = 0u; j < 4u; j++) {
+        if (t + 16u * j < step.n_tok) { store(r, t + 16u * j, a[j]); }
+    }
+}
+
+// Registers only, no private arrays: drivers may put an indexed array in local memory,
+// which made this loop run at a tenth of the GPU's speed.
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tx = lid % 16u; // rows tx + 16 i
     let ty = lid / 16u; // tokens ty + 16 j
     let r0 = wid.x * TM;
     let t0 = wid.y * TN;
-    var wr: array<vec4<f32>, LOADS>;
-    var xr: array<vec4<f32>, LOADS>;
-    for (var l = 0u; l < LOADS; l++) {
-        wr[l] = weight_at(r0, lid + 256u * l, 0u);
-        xr[l] = token_at(t0, lid + 256u * l, 0u);
+    let l2 = lid + 256u; // second element when LOADS == 2
+    var wa = weight_at(r0, lid, 0u);
+    var xa = token_at(t0, lid, 0u);
+    var wb = vec4<f32>(0.0);
+    var xb = vec4<f32>(0.0);
+    if (LOADS == 2u) {
+        wb = weight_at(r0, l2, 0u);
+        xb = token_at(t0, l2, 0u);
     }
-    var acc: array<vec4<f32>, 4>; // acc[i][j]: row tx + 16 i, token ty + 16 j
+    // a_i: row tx + 16 i; component j: token ty + 16 j.
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
     for (var kk = 0u; kk < wp.k; kk += TK) {
-        for (var l = 0u; l < LOADS; l++) {
-            let i = lid + 256u * l;
-            ws[(i / CG) * STRIDE + i % CG] = TV(wr[l]);
-            xs[(i / CG) * STRIDE + i % CG] = TV(xr[l]);
+        ws[tile_at(lid)] = TV(wa);
+        xs[tile_at(lid)] = TV(xa);
+        if (LOADS == 2u) {
+            ws[tile_at(l2)] = TV(wb);
+            xs[tile_at(l2)] = TV(xb);
         }
         workgroupBarrier();
         if (kk + TK < wp.k) {
-            for (var l = 0u; l < LOADS; l++) {
-                wr[l] = weight_at(r0, lid + 256u * l, kk + TK);
-                xr[l] = token_at(t0, lid + 256u * l, kk + TK);
+            wa = weight_at(r0, lid, kk + TK);
+            xa = token_at(t0, lid, kk + TK);
+            if (LOADS == 2u) {
+                wb = weight_at(r0, l2, kk + TK);
+                xb = token_at(t0, l2, kk + TK);
             }
         }
         for (var c = 0u; c < CG; c++) {
-            var xv: array<TV, 4>;
-            for (var j = 0u; j < 4u; j++) { xv[j] = xs[(ty + 16u * j) * STRIDE + c]; }
-            for (var i = 0u; i < 4u; i++) {
-                let wv = ws[(tx + 16u * i) * STRIDE + c];
-                acc[i] += vec4<f32>(f32(dot(wv, xv[0])), f32(dot(wv, xv[1])), f32(dot(wv, xv[2])), f32(dot(wv, xv[3])));
-            }
+            let x0 = xs[ty * STRIDE + c];
+            let x1 = xs[(ty + 16u) * STRIDE + c];
+            let x2 = xs[(ty + 32u) * STRIDE + c];
+            let x3 = xs[(ty + 48u) * STRIDE + c];
+            a0 += dots(ws[tx * STRIDE + c], x0, x1, x2, x3);
+            a1 += dots(ws[(tx + 16u) * STRIDE + c], x0, x1, x2, x3);
+            a2 += dots(ws[(tx + 32u) * STRIDE + c], x0, x1, x2, x3);
+            a3 += dots(ws[(tx + 48u) * STRIDE + c], x0, x1, x2, x3);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let r = r0 + tx + 16u * i;
-        if (r >= wp.rows) { continue; }
-        for (var j = 0u; j < 4u; j++) {
-            let t = t0 + ty + 16u * j;
-            if (t < step.n_tok) { store(r, t, acc[i][j]); }
-        }
-    }
+    store4(r0 + tx, t0 + ty, a0);
+    store4(r0 + tx + 16u, t0 + ty, a1);
+    store4(r0 + tx + 32u, t0 + ty, a2);
+    store4(r0 + tx + 48u, t0 + ty, a3);
 }
 
 // The output of row r for token t, with the flags' bias and accumulation.

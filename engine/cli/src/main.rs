@@ -31,7 +31,7 @@ impl Args {
         let mut i = 0;
         while i < args.len() {
             let a = args[i].strip_prefix("--").ok_or_else(|| Error::Invalid(format!("unexpected argument `{}`", args[i])))?;
-            let is_switch = matches!(a, "raw" | "ids" | "quiet");
+            let is_switch = matches!(a, "raw" | "ids" | "quiet" | "f32");
             if is_switch {
                 flags.insert(a.to_string(), String::new());
                 i += 1;
