@@ -292,6 +292,133 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     }
 }
 
+// Prefill: blocks of up to PQ queries (same meaning of blocks, splits and output as
+// `partial`). Thread (g, lane) = (lid / 32, lid % 32) computes block query g's whole score
+// for key `lane` of each 32-key tile (no sum across threads), and accumulates query g's
+// value words lane, lane + 32, ... (head_dim <= 256: at most 4, as named registers). Each
+// thread keeps its own key's share of the softmax sum; the shares are added at the end.
+// No private arrays, three barriers per tile.
+const PQ: u32 = 8u;
+var<workgroup> pqs: array<vec4<f32>, 512>;    // [block query][head_dim / 4], scaled
+var<workgroup> psc: array<f32, 256>;          // [block query][key]: scores
+var<workgroup> ppr: array<f32, 256>;          // [block query][key]: probabilities
+
+// Value word w of the key whose head starts at `base` (0 past the head's hw words: the
+// accumulator it feeds is never written).
+fn value_word(base: u32, w: u32, hw: u32) -> vec2<f32> {
+    if (w >= hw) { return vec2<f32>(0.0); }
+    return unpack2x16float(v_cache[base + w]);
+}
+
+// Writes word w (two dimensions) of a query's result at `ob`: final or a split's partial.
+fn put_word(ob: u32, w: u32, hw: u32, v: vec2<f32>, whole: bool) {
+    if (w >= hw) { return; }
+    if (whole) {
+        out[ob + 2u * w] = v.x;
+        out[ob + 2u * w + 1u] = v.y;
+    } else {
+        part[ob + 2u * w] = v.x;
+        part[ob + 2u * w + 1u] = v.y;
+    }
+}
+
+@compute @workgroup_size(256)
+fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let split = wid.y;
+    let hd = ap.head_dim;
+    let hw = hd / 2u;
+    let h0 = wid.x * ap.heads;
+    let t0 = wid.z * ap.tokens;
+    let members = ap.heads * min(ap.tokens, step.n_tok - t0);
+    let kvh = h0 / (ap.n_head / ap.n_kv);
+    let kv_words = ap.n_kv * hw;
+    let head_words = kvh * hw;
+    let pos_last = step.pos0 + member(members - 1u, h0, t0).y;
+    let lo = max(first_key(step.pos0 + t0), split * step.chunk);
+    let hi = min(pos_last + 1u, (split + 1u) * step.chunk);
+    for (var i = lid; i < members * hd / 4u; i += WG) {
+        let m = member(i / (hd / 4u), h0, t0);
+        let b = m.y * ap.q_stride + m.x * hd + 4u * (i % (hd / 4u));
+        pqs[i] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]) * ap.scale;
+    }
+    let g = lid / 32u;
+    let lane = lid % 32u;
+    let live = g < members;
+    let mg = member(min(g, members - 1u), h0, t0);
+    let pos_g = step.pos0 + mg.y;
+    let qb = g * hd / 4u;
+    var m_run = NEG;
+    var l = 0.0; // this thread's keys' share of query g's softmax sum
+    var a0 = vec2<f32>(0.0);
+    var a1 = vec2<f32>(0.0);
+    var a2 = vec2<f32>(0.0);
+    var a3 = vec2<f32>(0.0);
+    workgroupBarrier();
+    for (var c = lo; c < hi; c += TILE) {
+        let n = min(TILE, hi - c);
+        let kb = (c + min(lane, n - 1u)) * kv_words + head_words;
+        var d = 0.0;
+        if (live) {
+            for (var w = 0u; w < hw; w += 2u) {
+                let kk = vec4<f32>(unpack2x16float(k_cache[kb + w]), unpack2x16float(k_cache[kb + w + 1u]));
+                d += dot(pqs[qb + w / 2u], kk);
+            }
+        }
+        let key = c + lane;
+        let seen = live && lane < n && key >= first_key(pos_g) && key <= pos_g;
+        psc[lid] = select(NEG, d, seen);
+        workgroupBarrier();
+        var mx = vec4<f32>(m_run);
+        for (var j = 0u; j < TILE; j += 4u) {
+            let b = g * TILE + j;
+            mx = max(mx, vec4<f32>(psc[b], psc[b + 1u], psc[b + 2u], psc[b + 3u]));
+        }
+        let m = max(max(mx.x, mx.y), max(mx.z, mx.w));
+        let corr = exp(m_run - m);
+        m_run = m;
+        let p = select(0.0, exp(d - m), seen);
+        l = l * corr + p;
+        ppr[lid] = p;
+        a0 *= corr;
+        a1 *= corr;
+        a2 *= corr;
+        a3 *= corr;
+        workgroupBarrier();
+        if (live) {
+            for (var j = 0u; j < n; j++) {
+                let pj = ppr[g * TILE + j];
+                let vb = (c + j) * kv_words + head_words;
+                a0 += pj * value_word(vb, lane, hw);
+                a1 += pj * value_word(vb, lane + 32u, hw);
+                a2 += pj * value_word(vb, lane + 64u, hw);
+                a3 += pj * value_word(vb, lane + 96u, hw);
+            }
+        }
+        workgroupBarrier();
+    }
+    // Query g's softmax sum from its 32 threads' shares.
+    ppr[lid] = l;
+    workgroupBarrier();
+    var sum = vec4<f32>(0.0);
+    for (var j = 0u; j < TILE; j += 4u) {
+        let b = g * TILE + j;
+        sum += vec4<f32>(ppr[b], ppr[b + 1u], ppr[b + 2u], ppr[b + 3u]);
+    }
+    let total = sum.x + sum.y + sum.z + sum.w;
+    if (!live) { return; }
+    let whole = step.splits == 1u;
+    let scale = select(1.0, 1.0 / total, whole);
+    let ob = select(((mg.y * ap.n_head + mg.x) * step.splits + split) * (hd + 2u), (mg.y * ap.n_head + mg.x) * hd, whole);
+    put_word(ob, lane, hw, a0 * scale, whole);
+    put_word(ob, lane + 32u, hw, a1 * scale, whole);
+    put_word(ob, lane + 64u, hw, a2 * scale, whole);
+    put_word(ob, lane + 96u, hw, a3 * scale, whole);
+    if (!whole && lane == 0u) {
+        part[ob + hd] = m_run;
+        part[ob + hd + 1u] = total;
+    }
+}
+
 const CWG: u32 = 64u;
 const MAX_SPLITS: u32 = 256u;
 var<workgroup> wsplit: array<f32, MAX_SPLITS>;
