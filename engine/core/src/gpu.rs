@@ -25,10 +25,8 @@ pub enum Kernel {
     Embed(GgmlType),
     RmsNorm,
     RopeKv,
-    /// Decode attention's partial results, for blocks of up to this many queries.
+    /// Attention's partial results, for blocks of up to this many queries.
     Attention(u32),
-    /// Prefill attention, blocks of up to 8 queries.
-    AttentionPrefill,
     AttentionCombine,
     Glu,
     ArgmaxPartial,
@@ -108,7 +106,6 @@ impl Kernel {
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
             Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
             Kernel::Attention(block) => (attention(block), "partial"),
-            Kernel::AttentionPrefill => (attention(1), "prefill"),
             Kernel::AttentionCombine => (attention(1), "combine"),
             Kernel::Glu => (include_str!("../../../shaders/glu.wgsl").into(), "main"),
             Kernel::ArgmaxPartial => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_partial"),
@@ -126,7 +123,7 @@ impl Kernel {
             Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
             // One layout for both entry points, so they share a bind group.
-            Kernel::Attention(_) | Kernel::AttentionPrefill | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
+            Kernel::Attention(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
             Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],
             Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::Sample => {
                 &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform]
@@ -146,6 +143,10 @@ pub struct Tuning {
     /// adapters, so a kv group's keys and values are read once. With 1, decode attention also
     /// does the q/k norms, rotation and cache append itself (one dispatch fewer per layer).
     pub attention_heads: u32,
+    /// Queries (heads of a kv group x tokens) one prefill attention workgroup serves, at most
+    /// 8 (attention.wgsl's `red` holds 8 queries' partial dot products): they share each key
+    /// and value read.
+    pub prefill_queries: u32,
     /// Prefill's linear layers as one invocation per (row, 8 tokens), without workgroup
     /// tiles or barriers (CPU adapters), instead of tiles shared through workgroup memory.
     pub matmul_by_rows: bool,
@@ -157,8 +158,8 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, whole_attention_keys: 0 };
-    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, whole_attention_keys: u32::MAX };
+    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, prefill_queries: 8, matmul_by_rows: false, whole_attention_keys: 0 };
+    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, prefill_queries: 8, matmul_by_rows: true, whole_attention_keys: u32::MAX };
 }
 
 pub struct Pipeline {
@@ -432,7 +433,8 @@ impl Gpu {
     /// per workgroup, the fused decode attention).
     pub fn set_tuning(&mut self, tuning: Tuning) {
         assert!(tuning.matvec_lanes.is_power_of_two() && tuning.matvec_lanes <= 32);
-        assert!((1..=8).contains(&tuning.attention_heads) && self.pipelines.get_mut().unwrap().is_empty());
+        assert!((1..=8).contains(&tuning.attention_heads) && (1..=8).contains(&tuning.prefill_queries));
+        assert!(self.pipelines.get_mut().unwrap().is_empty());
         self.tuning = tuning;
     }
 

@@ -22,9 +22,6 @@ const ROW_WORKGROUP: u32 = 64;
 const ROW_TOKENS: u32 = 8;
 const ARGMAX_CHUNK: u32 = 256 * 16;
 /// Attention splits the keys into runs of at least this many positions (attention.wgsl).
-/// Queries (heads x tokens) per prefill attention workgroup (attention.wgsl's PQ): they
-/// share each key and value read.
-const PREFILL_QUERIES: usize = 8;
 const MIN_KEYS_PER_SPLIT: usize = 32;
 /// Most splits one token's attention is combined from (attention.wgsl's MAX_SPLITS).
 const MAX_SPLITS: usize = 256;
@@ -603,17 +600,16 @@ impl Transformer {
         let mut kv_bytes = 0;
         let glu_params = g.uniform("gparams", &U4 { a: cfg.n_ff as u32, b: (cfg.act == Activation::GeluTanh) as u32, _p: [0; 2] });
         // Attention blocks, (query heads, tokens) per workgroup: up to `cap` queries whose q
-        // values fit the kernel's workgroup memory (decode: 1024 floats, prefill: 2048); the
-        // heads are the largest divisor of the kv group that fits, tokens (prefill) fill the
-        // rest.
+        // values fit 1024 floats (head_dim <= 256); the heads are the largest divisor of the
+        // kv group that fits, tokens (prefill) fill the rest.
         let group = cfg.n_head / cfg.n_kv_head;
         let block = |cap: usize, tokens: bool| {
-            let cap = cap.min(if tokens { 2048 } else { 1024 } / cfg.head_dim);
+            let cap = cap.min(1024 / cfg.head_dim);
             let heads = (1..=cap.min(group)).rev().find(|h| group % h == 0).unwrap_or(1);
             (heads, if tokens { cap / heads } else { 1 })
         };
         // [prefill, decode]
-        let blocks = [block(PREFILL_QUERIES, true), block(g.tuning().attention_heads as usize, false)];
+        let blocks = [block(g.tuning().prefill_queries as usize, true), block(g.tuning().attention_heads as usize, false)];
         // Decode folds rope_kv into attention when each workgroup has one query.
         let fuse_rope = blocks[1] == (1, 1);
         let aparams = |window: u32, decode: bool| {
@@ -709,8 +705,7 @@ impl Transformer {
                 let abind = [&act.qkv, &k_cache, &v_cache, &act.part, &attn_params[swa][decode as usize], &step, &act.att, norm_w, freqs];
                 let (heads, tokens) = blocks[decode as usize];
                 let grid = Grid::Attention { blocks: (cfg.n_head / heads) as u32, tokens: tokens as u32 };
-                let kernel = if decode { Kernel::Attention((heads * tokens) as u32) } else { Kernel::AttentionPrefill };
-                b.op(kernel, &abind, grid);
+                b.op(Kernel::Attention((heads * tokens) as u32), &abind, grid);
                 b.op(Kernel::AttentionCombine, &abind, Grid::Combine(cfg.n_head as u32));
                 match &post {
                     Some((post_attn, _)) => {
