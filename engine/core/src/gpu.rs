@@ -142,11 +142,8 @@ pub struct Tuning {
     /// Query heads one decode attention workgroup serves at most: 1 on GPUs; 8 on CPU
     /// adapters, so a kv group's keys and values are read once. With 1, decode attention also
     /// does the q/k norms, rotation and cache append itself (one dispatch fewer per layer).
+    /// (Prefill always takes blocks of heads and tokens.)
     pub attention_heads: u32,
-    /// Queries (heads of a kv group x tokens) one prefill attention workgroup serves, at most
-    /// 8 (attention.wgsl's `red` holds 8 queries' partial dot products): they share each key
-    /// and value read.
-    pub prefill_queries: u32,
     /// Prefill's linear layers as one invocation per (row, 8 tokens), without workgroup
     /// tiles or barriers (CPU adapters), instead of tiles shared through workgroup memory.
     pub matmul_by_rows: bool,
@@ -158,8 +155,8 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, prefill_queries: 8, matmul_by_rows: false, whole_attention_keys: 0 };
-    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, prefill_queries: 8, matmul_by_rows: true, whole_attention_keys: u32::MAX };
+    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, whole_attention_keys: 0 };
+    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, whole_attention_keys: u32::MAX };
 }
 
 pub struct Pipeline {
@@ -433,8 +430,7 @@ impl Gpu {
     /// per workgroup, the fused decode attention).
     pub fn set_tuning(&mut self, tuning: Tuning) {
         assert!(tuning.matvec_lanes.is_power_of_two() && tuning.matvec_lanes <= 32);
-        assert!((1..=8).contains(&tuning.attention_heads) && (1..=8).contains(&tuning.prefill_queries));
-        assert!(self.pipelines.get_mut().unwrap().is_empty());
+        assert!((1..=8).contains(&tuning.attention_heads) && self.pipelines.get_mut().unwrap().is_empty());
         self.tuning = tuning;
     }
 

@@ -16,6 +16,9 @@ use crate::quant::{self, GgmlType};
 const UPLOAD_CHUNK: usize = 8 << 20;
 const MATMUL_ROWS: u32 = 64;
 const MATMUL_TOKENS: u32 = 64;
+/// Queries (heads x tokens) per prefill attention workgroup: they share each key and value
+/// read. At most 8: attention.wgsl's `red` holds 8 queries' partial dot products.
+const PREFILL_QUERIES: usize = 8;
 /// Rows (one per invocation) and tokens per invocation of matmul.wgsl's `rows` (its
 /// workgroup size and ROW_TOKENS).
 const ROW_WORKGROUP: u32 = 64;
@@ -609,7 +612,7 @@ impl Transformer {
             (heads, if tokens { cap / heads } else { 1 })
         };
         // [prefill, decode]
-        let blocks = [block(g.tuning().prefill_queries as usize, true), block(g.tuning().attention_heads as usize, false)];
+        let blocks = [block(PREFILL_QUERIES, true), block(g.tuning().attention_heads as usize, false)];
         // Decode folds rope_kv into attention when each workgroup has one query.
         let fuse_rope = blocks[1] == (1, 1);
         let aparams = |window: u32, decode: bool| {
