@@ -8,8 +8,8 @@
 //!   gloss info --model M
 //!
 //! Sampling: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --repeat-penalty R
-//! --presence-penalty P --frequency-penalty F --seed S. Model options: --ctx N --batch N, and --f32 to keep the f32
-//! kernels on an adapter with shader-f16 (to compare the two paths).
+//! --presence-penalty P --frequency-penalty F --seed S. Model options: --ctx N --batch N, and --f16 on|off to
+//! override the adapter's default kernel precision (to compare the two paths).
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -31,7 +31,7 @@ impl Args {
         let mut i = 0;
         while i < args.len() {
             let a = args[i].strip_prefix("--").ok_or_else(|| Error::Invalid(format!("unexpected argument `{}`", args[i])))?;
-            let is_switch = matches!(a, "raw" | "ids" | "quiet" | "f32");
+            let is_switch = matches!(a, "raw" | "ids" | "quiet");
             if is_switch {
                 flags.insert(a.to_string(), String::new());
                 i += 1;
@@ -79,8 +79,12 @@ async fn load(args: &Args) -> Result<Engine> {
 async fn load_timed(args: &Args) -> Result<(Engine, f64)> {
     let path = args.get("model").unwrap_or(DEFAULT_MODEL);
     let mut gpu = Gpu::new().await?;
-    if args.has("f32") {
-        gpu.set_f16(false);
+    match args.get("f16") {
+        None => {}
+        Some("off") => gpu.set_f16(false),
+        Some("on") if gpu.summary.shader_f16 => gpu.set_f16(true),
+        Some("on") => return Err(Error::Unsupported(format!("--f16 on: {} has no shader-f16", gpu.summary.name))),
+        Some(v) => return Err(Error::Invalid(format!("--f16 takes on or off, not `{v}`"))),
     }
     let gpu = Arc::new(gpu);
     let mut src = FileSource::open(path)?;

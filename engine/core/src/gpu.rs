@@ -154,6 +154,8 @@ pub struct Tuning {
     pub whole_attention_keys: u32,
 }
 
+const NVIDIA: u32 = 0x10de;
+
 impl Tuning {
     pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, whole_attention_keys: 0 };
     pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, whole_attention_keys: u32::MAX };
@@ -185,8 +187,10 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub summary: AdapterSummary,
     tuning: Tuning,
-    /// Kernels compute in f16 where it pays (the prefill matmul's tiles); set when the
-    /// device has shader-f16.
+    /// Kernels compute in f16 where it pays (the prefill matmul's tiles): on by default where
+    /// the device has shader-f16, except on NVIDIA, where f32 tiles measured 4-6% faster
+    /// prefill on the H100 (BENCHMARKS.md, session 5); elsewhere f16 halves the tiles'
+    /// workgroup memory traffic, and most other GPUs run f16 at twice the f32 rate.
     f16: bool,
     /// Bytes of storage and uniform buffers created so far (what a loaded model holds).
     pub allocated: std::sync::atomic::AtomicU64,
@@ -267,7 +271,7 @@ impl Gpu {
             device,
             queue,
             limits,
-            f16: summary.shader_f16,
+            f16: summary.shader_f16 && info.vendor != NVIDIA,
             summary,
             tuning,
             allocated: Default::default(),
