@@ -443,8 +443,8 @@ impl Gpu {
         self.f16
     }
 
-    /// Turns the f16 path off (tests compare both paths on one adapter), before any
-    /// pipeline exists; it cannot be turned on without shader-f16.
+    /// Chooses the f16 path or the f32 one (tests and `gloss --f16` compare them on one
+    /// adapter), before any pipeline exists; f16 needs shader-f16.
     pub fn set_f16(&mut self, on: bool) {
         assert!((!on || self.summary.shader_f16) && self.pipelines.get_mut().unwrap().is_empty());
         self.f16 = on;
