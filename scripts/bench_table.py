@@ -62,7 +62,7 @@ for f in files:
             if key not in d:
                 continue
             print()
-            print(f"{os.path.basename(f)}: GPU time of {what}, by op (µs; each op timed in its own pass, so the sum exceeds the step):")
+            print(f"{os.path.basename(f)}: GPU time of {what}, by op (µs; natively each op from the end of the one before, launch and barrier included; the timestamps add a few µs each, so the sum exceeds the step):")
             print()
             print("| op | dispatches | µs | µs each |")
             print("| --- | ---: | ---: | ---: |")

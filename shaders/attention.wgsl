@@ -122,6 +122,34 @@ fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
 
 var<private> local_id: u32;
 
+// Word w (two dimensions) of the key at word kb of the cache, or of this step's key (kc);
+// zero past the head's hw words (the last word is read instead, so callers need no branch).
+fn key_word(kb: u32, w: u32, hw: u32, from_kc: bool) -> vec2<f32> {
+    let wi = min(w, hw - 1u);
+    var kk = unpack2x16float(k_cache[kb + wi]);
+    if (from_kc) { kk = vec2<f32>(kc[2u * wi], kc[2u * wi + 1u]); }
+    return select(vec2<f32>(0.0), kk, w < hw);
+}
+
+// Word w's share of a block query's dot product (its q values start at qb in qs).
+fn q_dot(qb: u32, w: u32, hw: u32, kk: vec2<f32>) -> f32 {
+    let qi = qb + 2u * min(w, hw - 1u);
+    return qs[qi] * kk.x + qs[qi + 1u] * kk.y;
+}
+
+// Word `word` of the value of tile key j (the tile starts at position c and holds n keys;
+// past n, the last key is read again); this step's own value from vc.
+fn value_word(c: u32, j: u32, n: u32, own: bool, pos: u32, kv_words: u32, word: u32, vw: u32) -> vec2<f32> {
+    let row = c + min(j, n - 1u);
+    let cached = unpack2x16float(v_cache[row * kv_words + word]);
+    return select(cached, vec2<f32>(vc[2u * vw], vc[2u * vw + 1u]), own && row == pos);
+}
+
+// Block query g's probability of tile key j; zero past the tile.
+fn prob(g: u32, j: u32) -> f32 {
+    return select(0.0, pr[g * TILE + min(j, TILE - 1u)], j < TILE);
+}
+
 // Block query g's head and token.
 fn member(g: u32, h0: u32, t0: u32) -> vec2<u32> {
     return vec2<u32>(h0 + g % ap.heads, t0 + g / ap.heads);
@@ -181,7 +209,6 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     // head, so neighbours read neighbouring words (coalesced, and no shared-memory bank
     // conflicts on q).
     let key = lid / TPK;
-    let wpt = hd / 2u / TPK;
     let share = lid % TPK;
     // Values: thread (slice ks, word vw) takes keys ks, ks + slices, ... of each tile;
     // acc[g] holds block query g's two values of word vw (threads past slices x words idle).
@@ -199,13 +226,30 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         for (var g = 0u; g < HEADS; g++) { s[g] = 0.0; }
         let kb = (c + min(key, n - 1u)) * kv_words + head_words;
         let from_kc = own && c + min(key, n - 1u) == pos;
-        for (var i = 0u; i < 16u; i++) {
-            if (i < wpt) {
-                let w = share + TPK * i;
-                var kk = unpack2x16float(k_cache[kb + w]);
-                if (from_kc) { kk = vec2<f32>(kc[2u * w], kc[2u * w + 1u]); }
-                for (var g = 0u; g < HEADS; g++) {
-                    if (g < members) { s[g] += qs[g * hd + 2u * w] * kk.x + qs[g * hd + 2u * w + 1u] * kk.y; }
+        // This thread's first four values of the tile, loaded with the keys: they do not
+        // depend on the probabilities, so the tile waits for memory once, not twice.
+        var v0 = value_word(c, ks, n, own, pos, kv_words, head_words + vw, vw);
+        var v1 = value_word(c, ks + slices, n, own, pos, kv_words, head_words + vw, vw);
+        var v2 = value_word(c, ks + 2u * slices, n, own, pos, kv_words, head_words + vw, vw);
+        var v3 = value_word(c, ks + 3u * slices, n, own, pos, kv_words, head_words + vw, vw);
+        // Eight words per iteration, loaded before any is used: one memory round trip per
+        // iteration (one in all for heads up to 128 wide). Named, not an array: drivers may
+        // put an indexed private array in local memory.
+        for (var w = share; w < hw; w += 8u * TPK) {
+            let k0 = key_word(kb, w, hw, from_kc);
+            let k1 = key_word(kb, w + TPK, hw, from_kc);
+            let k2 = key_word(kb, w + 2u * TPK, hw, from_kc);
+            let k3 = key_word(kb, w + 3u * TPK, hw, from_kc);
+            let k4 = key_word(kb, w + 4u * TPK, hw, from_kc);
+            let k5 = key_word(kb, w + 5u * TPK, hw, from_kc);
+            let k6 = key_word(kb, w + 6u * TPK, hw, from_kc);
+            let k7 = key_word(kb, w + 7u * TPK, hw, from_kc);
+            for (var g = 0u; g < HEADS; g++) {
+                if (g < members) {
+                    let qb = g * hd;
+                    s[g] += q_dot(qb, w, hw, k0) + q_dot(qb, w + TPK, hw, k1) + q_dot(qb, w + 2u * TPK, hw, k2)
+                        + q_dot(qb, w + 3u * TPK, hw, k3) + q_dot(qb, w + 4u * TPK, hw, k4) + q_dot(qb, w + 5u * TPK, hw, k5)
+                        + q_dot(qb, w + 6u * TPK, hw, k6) + q_dot(qb, w + 7u * TPK, hw, k7);
                 }
             }
         }
@@ -251,13 +295,21 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             for (var g = 0u; g < HEADS; g++) {
                 if (g < members) { acc[g] *= corr[g]; }
             }
-            // Keys past n have p = 0 and read a valid row instead of branching.
-            for (var jj = ks; jj < TILE; jj += slices) {
-                let row = c + min(jj, n - 1u);
-                var vv = unpack2x16float(v_cache[row * kv_words + head_words + vw]);
-                if (own && row == pos) { vv = vec2<f32>(vc[2u * vw], vc[2u * vw + 1u]); }
+            // Four keys per iteration, the next four loaded before any is used (wide heads
+            // have more than four per thread). Keys past n have p = 0 and read a valid row
+            // instead of branching.
+            for (var jj = ks; jj < TILE; jj += 4u * slices) {
+                if (jj > ks) {
+                    v0 = value_word(c, jj, n, own, pos, kv_words, head_words + vw, vw);
+                    v1 = value_word(c, jj + slices, n, own, pos, kv_words, head_words + vw, vw);
+                    v2 = value_word(c, jj + 2u * slices, n, own, pos, kv_words, head_words + vw, vw);
+                    v3 = value_word(c, jj + 3u * slices, n, own, pos, kv_words, head_words + vw, vw);
+                }
                 for (var g = 0u; g < HEADS; g++) {
-                    if (g < members) { acc[g] += pr[g * TILE + jj] * vv; }
+                    if (g < members) {
+                        acc[g] += prob(g, jj) * v0 + prob(g, jj + slices) * v1 + prob(g, jj + 2u * slices) * v2
+                            + prob(g, jj + 3u * slices) * v3;
+                    }
                 }
             }
         }
@@ -293,51 +345,66 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     }
 }
 
-const CWG: u32 = 64u;
+// One workgroup per (token, head, 64 dimensions of the head). Each thread of a 64-thread
+// slice takes every fourth split of one dimension, eight splits' loads in flight at a time:
+// a token's splits are read in one or two memory round trips, not one per split.
+const CWG: u32 = 256u;
+const CDIMS: u32 = 64u;
 const MAX_SPLITS: u32 = 256u;
 var<workgroup> wsplit: array<f32, MAX_SPLITS>;
 var<workgroup> cred: array<f32, CWG>;
 
-@compute @workgroup_size(64)
+// Split s's share of dimension d: its weight times its accumulator (zero past the splits).
+fn split_value(base: u32, stride: u32, s: u32, d: u32) -> f32 {
+    let si = min(s, step.splits - 1u);
+    return select(0.0, wsplit[si] * part[base + si * stride + d], s < step.splits);
+}
+
+@compute @workgroup_size(256)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let h = wid.x;
-    let t = wid.y;
     let hd = ap.head_dim;
+    let parts = (hd + CDIMS - 1u) / CDIMS;
+    let h = wid.x / parts;
+    let t = wid.y;
     let stride = hd + 2u;
     let base = (t * ap.n_head + h) * step.splits * stride;
-    var mx = NEG;
-    for (var s = lid; s < step.splits; s += CWG) { mx = max(mx, part[base + s * stride + hd]); }
-    cred[lid] = mx;
+    // Splits' maxima and sums, one split per thread (at most MAX_SPLITS = CWG of them).
+    let mine = lid < step.splits;
+    let sb = base + min(lid, step.splits - 1u) * stride + hd;
+    let m = select(NEG, part[sb], mine);
+    cred[lid] = m;
     workgroupBarrier();
     for (var k = CWG / 2u; k > 0u; k >>= 1u) {
         if (lid < k) { cred[lid] = max(cred[lid], cred[lid + k]); }
         workgroupBarrier();
     }
-    mx = cred[0];
+    let mx = cred[0];
     workgroupBarrier();
-    var total = 0.0;
-    for (var s = lid; s < step.splits; s += CWG) {
-        let w = exp(part[base + s * stride + hd] - mx);
-        wsplit[s] = w;
-        total += part[base + s * stride + hd + 1u] * w;
-    }
-    cred[lid] = total;
+    let w = select(0.0, exp(m - mx), mine);
+    wsplit[lid] = w;
+    cred[lid] = w * part[sb + 1u];
     workgroupBarrier();
     for (var k = CWG / 2u; k > 0u; k >>= 1u) {
         if (lid < k) { cred[lid] += cred[lid + k]; }
         workgroupBarrier();
     }
     let inv = 1.0 / cred[0];
-    for (var d = lid; d < hd; d += CWG) {
-        // Four splits per iteration keep four independent loads in flight.
-        var v = vec4<f32>(0.0);
-        var s = 0u;
-        for (; s + 4u <= step.splits; s += 4u) {
-            let b = base + s * stride + d;
-            v += vec4<f32>(wsplit[s], wsplit[s + 1u], wsplit[s + 2u], wsplit[s + 3u])
-                * vec4<f32>(part[b], part[b + stride], part[b + 2u * stride], part[b + 3u * stride]);
-        }
-        for (; s < step.splits; s++) { v.x += wsplit[s] * part[base + s * stride + d]; }
-        out[(t * ap.n_head + h) * hd + d] = (v.x + v.y + v.z + v.w) * inv;
+    workgroupBarrier();
+    let slices = CWG / CDIMS;
+    let d = (wid.x % parts) * CDIMS + lid % CDIMS;
+    let dd = min(d, hd - 1u);
+    var v = 0.0;
+    for (var s = lid / CDIMS; s < step.splits; s += 8u * slices) {
+        v += split_value(base, stride, s, dd) + split_value(base, stride, s + slices, dd)
+            + split_value(base, stride, s + 2u * slices, dd) + split_value(base, stride, s + 3u * slices, dd)
+            + split_value(base, stride, s + 4u * slices, dd) + split_value(base, stride, s + 5u * slices, dd)
+            + split_value(base, stride, s + 6u * slices, dd) + split_value(base, stride, s + 7u * slices, dd);
+    }
+    cred[lid] = v;
+    workgroupBarrier();
+    if (lid < CDIMS && d < hd) {
+        var sum = 0.0;
+        for (var k = 0u; k < slices; k++) { sum += cred[k * CDIMS + lid]; }
+        out[(t * ap.n_head + h) * hd + d] = sum * inv;
     }
 }

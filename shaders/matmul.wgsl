@@ -1,7 +1,9 @@
 // Prefill-path matrix x matrix: Y[t][out_offset + r] = sum_k W[r][k] * X[t][k]. Same bindings
 // as matvec.wgsl. Two shapes:
-// - main (GPUs): tiles of 64 rows x 64 tokens per workgroup; each thread owns 4 rows (16
-//   apart, so a warp's reads of workgroup memory hit distinct banks) x 4 tokens. Weights are
+// - main (GPUs): tiles of TM rows (64, 32 or 16: the engine prepends it, and takes smaller
+//   tiles where 64-row ones would leave a big GPU's cores idle) x 64 tokens per workgroup;
+//   each thread owns TM / 16 rows (16 apart, so a warp's reads of workgroup memory hit
+//   distinct banks) x 4 tokens. Weights are
 //   dequantized once per tile into workgroup memory, and the next step's tile is fetched
 //   into registers while this one is multiplied. The engine prepends `TV`, the tile element:
 //   vec4<f16> where the adapter has shader-f16 (half the workgroup memory and its traffic,
@@ -25,24 +27,25 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(4) var<uniform> wp: WParams;
 @group(0) @binding(5) var<uniform> step: Step;
 
-const TM: u32 = 64u;
 const TN: u32 = 64u;
 const CG: u32 = TK / 4u;            // column groups (vec4) per step
 const STRIDE: u32 = CG + 1u;        // padded row stride: 16 consecutive rows land on distinct banks
-const LOADS: u32 = TM * CG / 256u;  // tile elements each thread fetches per step (1 or 2)
+const WN: u32 = TM * CG;            // weight tile elements per step: 64 to 512
+const XN: u32 = TN * CG;            // token tile elements per step: 256 or 512
 var<workgroup> ws: array<TV, TM * STRIDE>;
 var<workgroup> xs: array<TV, TN * STRIDE>;
 
-// Tile element i (row-major, CG per row) of the weights and of the tokens at column kk.
+// Tile element i (row-major, CG per row) of the weights and of the tokens at column kk; zero
+// past the tile.
 fn weight_at(r0: u32, i: u32, kk: u32) -> vec4<f32> {
     let r = r0 + i / CG;
-    if (r >= wp.rows) { return vec4<f32>(0.0); }
+    if (i >= WN || r >= wp.rows) { return vec4<f32>(0.0); }
     return load4(r, kk + 4u * (i % CG));
 }
 
 fn token_at(t0: u32, i: u32, kk: u32) -> vec4<f32> {
     let t = t0 + i / CG;
-    if (t >= step.n_tok) { return vec4<f32>(0.0); }
+    if (i >= XN || t >= step.n_tok) { return vec4<f32>(0.0); }
     return x[t * (wp.k / 4u) + kk / 4u + i % CG];
 }
 
@@ -71,35 +74,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let ty = lid / 16u; // tokens ty + 16 j
     let r0 = wid.x * TM;
     let t0 = wid.y * TN;
-    let l2 = lid + 256u; // second element when LOADS == 2
+    let l2 = lid + 256u; // second element where a tile has 512
     var wa = weight_at(r0, lid, 0u);
     var xa = token_at(t0, lid, 0u);
-    var wb = vec4<f32>(0.0);
-    var xb = vec4<f32>(0.0);
-    if (LOADS == 2u) {
-        wb = weight_at(r0, l2, 0u);
-        xb = token_at(t0, l2, 0u);
-    }
-    // a_i: row tx + 16 i; component j: token ty + 16 j.
+    var wb = weight_at(r0, l2, 0u);
+    var xb = token_at(t0, l2, 0u);
+    // a_i: row tx + 16 i (i < TM / 16); component j: token ty + 16 j.
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     var a2 = vec4<f32>(0.0);
     var a3 = vec4<f32>(0.0);
     for (var kk = 0u; kk < wp.k; kk += TK) {
-        ws[tile_at(lid)] = TV(wa);
+        if (lid < WN) { ws[tile_at(lid)] = TV(wa); }
+        if (WN > 256u) { ws[tile_at(l2)] = TV(wb); }
         xs[tile_at(lid)] = TV(xa);
-        if (LOADS == 2u) {
-            ws[tile_at(l2)] = TV(wb);
-            xs[tile_at(l2)] = TV(xb);
-        }
+        if (XN > 256u) { xs[tile_at(l2)] = TV(xb); }
         workgroupBarrier();
         if (kk + TK < wp.k) {
             wa = weight_at(r0, lid, kk + TK);
+            wb = weight_at(r0, l2, kk + TK);
             xa = token_at(t0, lid, kk + TK);
-            if (LOADS == 2u) {
-                wb = weight_at(r0, l2, kk + TK);
-                xb = token_at(t0, l2, kk + TK);
-            }
+            xb = token_at(t0, l2, kk + TK);
         }
         for (var c = 0u; c < CG; c++) {
             let x0 = xs[ty * STRIDE + c];
@@ -107,16 +102,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let x2 = xs[(ty + 32u) * STRIDE + c];
             let x3 = xs[(ty + 48u) * STRIDE + c];
             a0 += dots(ws[tx * STRIDE + c], x0, x1, x2, x3);
-            a1 += dots(ws[(tx + 16u) * STRIDE + c], x0, x1, x2, x3);
-            a2 += dots(ws[(tx + 32u) * STRIDE + c], x0, x1, x2, x3);
-            a3 += dots(ws[(tx + 48u) * STRIDE + c], x0, x1, x2, x3);
+            if (TM >= 32u) { a1 += dots(ws[(tx + 16u) * STRIDE + c], x0, x1, x2, x3); }
+            if (TM == 64u) {
+                a2 += dots(ws[(tx + 32u) * STRIDE + c], x0, x1, x2, x3);
+                a3 += dots(ws[(tx + 48u) * STRIDE + c], x0, x1, x2, x3);
+            }
         }
         workgroupBarrier();
     }
     store4(r0 + tx, t0 + ty, a0);
-    store4(r0 + tx + 16u, t0 + ty, a1);
-    store4(r0 + tx + 32u, t0 + ty, a2);
-    store4(r0 + tx + 48u, t0 + ty, a3);
+    if (TM >= 32u) { store4(r0 + tx + 16u, t0 + ty, a1); }
+    if (TM == 64u) {
+        store4(r0 + tx + 32u, t0 + ty, a2);
+        store4(r0 + tx + 48u, t0 + ty, a3);
+    }
 }
 
 // The output of row r for token t, with the flags' bias and accumulation.

@@ -1,9 +1,13 @@
-// Decode-path matrix x vector: y[t][out_offset + r] = sum_k W[r][k] * x[t][k] (+ bias, + y).
+// Decode-path matrix x vector: y[out_offset + r] = sum_k W[r][k] * x[t][k] (+ bias, + y), for
+// one token t (decode's, or the last of a prefill).
 // LANES threads share a row (256 / LANES rows per workgroup), taking its groups of 4 columns
 // in turn, so neighbouring lanes read neighbouring weight words and x values (coalesced).
-// GPUs use 32 lanes, summed with subgroup shuffles where the adapter has subgroups
-// (reduce_subgroup.wgsl) or through workgroup memory (reduce_shared.wgsl); CPU adapters
-// (lavapipe, SwiftShader), where barriers are costly, use 1 lane per row and no reduction.
+// GPUs use 32 to 256 lanes, as many as let each lane issue all its loads at once (the engine
+// picks them per matrix: decode is latency-bound, and a lane that loops over its columns
+// waits one memory round trip per iteration), summed with subgroup shuffles where the adapter
+// has subgroups (reduce_subgroup.wgsl) or through workgroup memory (reduce_shared.wgsl); CPU
+// adapters (lavapipe, SwiftShader), where barriers are costly, use 1 lane per row and no
+// reduction.
 //
 // Fusions that save a dispatch each in the decode step:
 // - NORM: x is RMS-normalised with weights `norm_w` on the fly. norm(x)·w = inv_rms · (x∘g)·w,
@@ -11,6 +15,11 @@
 //   same reduction as the dot product.
 // - GLU: the weight stacks gate rows over up rows; a row computes both and writes
 //   act(gate) * up (SwiGLU / GeGLU).
+// - POST (with NORM; Gemma's norms after attention and FFN): x is the sublayer's output, and
+//   the input is the residual `res_in` plus x RMS-normalised with the first k of `norm_w`
+//   (the matvec's own norm weights follow them). Every workgroup sums x's squares first;
+//   the first row's lanes of the first workgroup write the new residual to `res_out`, a
+//   second buffer, since other workgroups still read `res_in`.
 
 struct WParams {
     k: u32,            // row length
@@ -19,7 +28,7 @@ struct WParams {
     out_offset: u32,   // first output row this part writes (parts split large tensors)
     out_stride: u32,   // y row stride
     flags: u32,        // 1: accumulate into y, 2: add bias, 4: only the step's last token,
-                       // 8: NORM, 16: GLU; act in bits 8..
+                       // 8: NORM, 16: GLU, 32: POST; act in bits 8..
     eps: f32,
     _p1: u32,
 }
@@ -32,20 +41,57 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(4) var<uniform> wp: WParams;
 @group(0) @binding(5) var<uniform> step: Step;
 @group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> res_in: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> res_out: array<vec4<f32>>;
+
+// POST: x's inverse RMS, and whether this invocation writes the new residual.
+var<private> post_inv: f32;
+var<private> post_keep: bool;
+var<workgroup> sums: array<f32, 272>;
+
+// x's inverse RMS over the row at xb, summed by the whole workgroup (then 16 partial sums
+// of 16): every invocation must call it.
+fn inverse_rms(xb: u32, n4: u32, lid: u32) -> f32 {
+    var s = 0.0;
+    for (var g = lid; g < n4; g += 256u) {
+        let v = x[xb + g];
+        s += dot(v, v);
+    }
+    sums[lid] = s;
+    workgroupBarrier();
+    if (lid < 16u) {
+        var p = 0.0;
+        for (var i = 0u; i < 16u; i++) { p += sums[16u * lid + i]; }
+        sums[256u + lid] = p;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < 16u; i++) { total += sums[256u + i]; }
+    return inverseSqrt(total / f32(wp.k) + wp.eps);
+}
 
 #include activation
 
 // Row r's columns 4g..4g+3 against x: (dot, dot with the up row, sum of squares of x).
-fn group4(r: u32, xb: u32, g: u32, norm: bool, glu: bool) -> vec3<f32> {
-    var xv = x[xb + g];
+// Groups past the row's end (g >= n4) count zero and read the last group again, so callers
+// need no branch that would keep their loads apart.
+fn group4(r: u32, xb: u32, g: u32, n4: u32, norm: bool, glu: bool, post: bool) -> vec3<f32> {
+    let gi = min(g, n4 - 1u);
+    var xv = x[xb + gi];
     var out = vec3<f32>(0.0);
+    var nw = gi;
+    if (post) {
+        xv = res_in[xb + gi] + xv * post_inv * norm_w[gi];
+        if (post_keep && g < n4) { res_out[xb + gi] = xv; }
+        nw += n4;
+    }
     if (norm) {
         out.z = dot(xv, xv);
-        xv *= norm_w[g];
+        xv *= norm_w[nw];
     }
-    out.x = dot(load4(r, 4u * g), xv);
-    if (glu) { out.y = dot(load4(r + wp.rows, 4u * g), xv); }
-    return out;
+    out.x = dot(load4(r, 4u * gi), xv);
+    if (glu) { out.y = dot(load4(r + wp.rows, 4u * gi), xv); }
+    return select(vec3<f32>(0.0), out, g < n4);
 }
 
 override LANES: u32 = 32u;
@@ -56,28 +102,30 @@ override ROWS_PER_WG: u32 = 256u / LANES;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let lane = lid % LANES;
     let row_in_wg = lid / LANES;
-    let r = wid.x * ROWS_PER_WG + row_in_wg;
-    var t = wid.y;
-    var y_row = wid.y;
-    if ((wp.flags & 4u) != 0u) {
-        t = step.n_tok - 1u;
-        y_row = 0u;
-    }
+    // One token per dispatch (decode, or a prefill's last token), so the grid's y extends x
+    // past its 65535 workgroups.
+    let wg = wid.x + wid.y * 65535u;
+    let r = wg * ROWS_PER_WG + row_in_wg;
+    var t = 0u;
+    if ((wp.flags & 4u) != 0u) { t = step.n_tok - 1u; }
     let norm = (wp.flags & 8u) != 0u;
     let glu = (wp.flags & 16u) != 0u;
+    let post = (wp.flags & 32u) != 0u;
+    if (post) {
+        post_inv = inverse_rms(t * (wp.k / 4u), wp.k / 4u, lid);
+        post_keep = wg == 0u && row_in_wg == 0u;
+    }
     // x: dot with the row; y: dot with the up row (GLU); z: sum of squares of x (NORM).
     var acc = vec3<f32>(0.0);
     if (r < wp.rows) {
         let xb = t * (wp.k / 4u);
         let n4 = wp.k / 4u;
-        var g = lane;
         // Four groups per iteration: their loads are independent, so they are all in flight
-        // at once instead of one memory latency per group.
-        for (; g + 3u * LANES < n4; g += 4u * LANES) {
-            acc += group4(r, xb, g, norm, glu) + group4(r, xb, g + LANES, norm, glu)
-                + group4(r, xb, g + 2u * LANES, norm, glu) + group4(r, xb, g + 3u * LANES, norm, glu);
+        // at once (on GPUs the lanes cover a row in one iteration).
+        for (var g = lane; g < n4; g += 4u * LANES) {
+            acc += group4(r, xb, g, n4, norm, glu, post) + group4(r, xb, g + LANES, n4, norm, glu, post)
+                + group4(r, xb, g + 2u * LANES, n4, norm, glu, post) + group4(r, xb, g + 3u * LANES, n4, norm, glu, post);
         }
-        for (; g < n4; g += LANES) { acc += group4(r, xb, g, norm, glu); }
     }
     acc = reduce_row(acc, lid, lane);
     if (lane == 0u && r < wp.rows) {
@@ -86,8 +134,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var v = acc.x;
         if (glu) { v = activation(v, wp.flags >> 8u) * acc.y; }
         if ((wp.flags & 2u) != 0u) { v += bias[o]; }
-        let yi = y_row * wp.out_stride + o;
-        if ((wp.flags & 1u) != 0u) { v += y[yi]; }
-        y[yi] = v;
+        if ((wp.flags & 1u) != 0u) { v += y[o]; }
+        y[o] = v;
     }
 }

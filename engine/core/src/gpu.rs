@@ -18,8 +18,10 @@ pub enum Bind {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Kernel {
-    MatVec(GgmlType),
-    MatMul(GgmlType),
+    /// Matrix x vector with this many threads per row.
+    MatVec(GgmlType, u32),
+    /// The tiled prefill matmul, with tiles of this many rows.
+    MatMul(GgmlType, u32),
     /// The prefill matmul without workgroup tiles, for CPU adapters.
     MatMulRows(GgmlType),
     Embed(GgmlType),
@@ -71,12 +73,12 @@ fn attention(heads: u32) -> String {
 }
 
 /// matmul.wgsl with its tile element: f16 where the device has shader-f16, else f32.
-fn matmul(f16: bool) -> String {
+fn matmul(f16: bool, tile_rows: u32) -> String {
     let body = include_str!("../../../shaders/matmul.wgsl");
     if f16 {
-        format!("enable f16;\nalias TV = vec4<f16>;\nconst TK: u32 = 32u;\n{body}")
+        format!("enable f16;\nalias TV = vec4<f16>;\nconst TK: u32 = 32u;\nconst TM: u32 = {tile_rows}u;\n{body}")
     } else {
-        format!("alias TV = vec4<f32>;\nconst TK: u32 = 16u;\n{body}")
+        format!("alias TV = vec4<f32>;\nconst TK: u32 = 16u;\nconst TM: u32 = {tile_rows}u;\n{body}")
     }
 }
 
@@ -99,9 +101,9 @@ impl Kernel {
             format!("{}\n#include quant\nfn load4(r: u32, k: u32) -> vec4<f32> {{ return {f}(r, k); }}\n", body)
         };
         let (src, entry) = match self {
-            Kernel::MatVec(t) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
-            Kernel::MatMul(t) => (quant(&matmul(f16), t), "main"),
-            Kernel::MatMulRows(t) => (quant(&matmul(false), t), "rows"),
+            Kernel::MatVec(t, _) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
+            Kernel::MatMul(t, rows) => (quant(&matmul(f16, rows), t), "main"),
+            Kernel::MatMulRows(t) => (quant(&matmul(false, 64), t), "rows"),
             Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
             Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
@@ -118,7 +120,9 @@ impl Kernel {
     pub fn bindings(self) -> &'static [Bind] {
         use Bind::*;
         match self {
-            Kernel::MatVec(_) | Kernel::MatMul(_) | Kernel::MatMulRows(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform, Read],
+            // One layout for the matvec and the matmuls: the prefill list's linear ops run
+            // either. The last two (the residual of matvec.wgsl's POST) only the matvec reads.
+            Kernel::MatVec(..) | Kernel::MatMul(..) | Kernel::MatMulRows(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform, Read, Read, ReadWrite],
             Kernel::Embed(_) => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
@@ -147,6 +151,10 @@ pub struct Tuning {
     /// Prefill's linear layers as one invocation per (row, 8 tokens), without workgroup
     /// tiles or barriers (CPU adapters), instead of tiles shared through workgroup memory.
     pub matmul_by_rows: bool,
+    /// Workgroups a tiled matmul should have at least: its tiles shrink from 64 rows to 32
+    /// or 16 until it does, because a small model's prefill chunk in 64-row tiles leaves most
+    /// of a big GPU idle, and a workgroup alone cannot hide its memory latency.
+    pub matmul_min_workgroups: u32,
     /// Up to this many keys, a query's attention runs as one workgroup over all of them
     /// and writes its result, with no key splits to combine (a dispatch fewer per layer).
     /// Longer contexts split the keys so that the GPU stays busy; a CPU adapter gains
@@ -157,8 +165,8 @@ pub struct Tuning {
 const NVIDIA: u32 = 0x10de;
 
 impl Tuning {
-    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, whole_attention_keys: 0 };
-    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, whole_attention_keys: u32::MAX };
+    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, matmul_min_workgroups: 128, whole_attention_keys: 0 };
+    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, matmul_min_workgroups: 0, whole_attention_keys: u32::MAX };
 }
 
 pub struct Pipeline {
@@ -227,7 +235,9 @@ impl Gpu {
             )));
         }
         let features = adapter.features();
-        let wanted = features & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
+        // Timestamps inside a pass (native only) time each dispatch where it runs in a step.
+        let wanted = features
+            & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("gloss"),
@@ -412,17 +422,25 @@ impl Gpu {
     /// Pipeline-overridable constants tuned to the adapter.
     fn overrides(&self, kernel: Kernel) -> Vec<(&'static str, f64)> {
         match kernel {
-            Kernel::MatVec(_) if self.summary.subgroups => {
-                vec![("LANES", self.tuning.matvec_lanes as f64), ("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
+            Kernel::MatVec(_, lanes) if self.summary.subgroups => {
+                vec![("LANES", lanes as f64), ("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
             }
-            Kernel::MatVec(_) => vec![("LANES", self.tuning.matvec_lanes as f64)],
+            Kernel::MatVec(_, lanes) => vec![("LANES", lanes as f64)],
             _ => Vec::new(),
         }
     }
 
-    /// Rows one matvec workgroup covers.
-    pub fn matvec_rows(&self) -> u32 {
-        256 / self.tuning.matvec_lanes
+    /// Threads per matvec row for `rows` rows of length `k`: the tuning's, and on GPUs twice
+    /// that, up to 256, until every thread has at most 4 groups of 4 columns, which it loads
+    /// at once (matvec.wgsl). A layer's small matrices are latency-bound, and a thread that
+    /// loops over its columns waits one memory round trip per iteration. Not past 4096
+    /// workgroups: a vocabulary head is bandwidth-bound, and every workgroup reads x again.
+    pub fn matvec_lanes(&self, k: usize, rows: usize) -> u32 {
+        let mut lanes = self.tuning.matvec_lanes;
+        while lanes > 1 && lanes < 256 && k.div_ceil(16) > lanes as usize && rows.div_ceil(128 / lanes as usize) <= 4096 {
+            lanes *= 2;
+        }
+        lanes
     }
 
     pub fn tuning(&self) -> Tuning {

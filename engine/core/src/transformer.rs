@@ -14,7 +14,6 @@ use crate::quant::{self, GgmlType};
 
 /// Bytes of file data read per upload chunk: bounds the loader's peak memory.
 const UPLOAD_CHUNK: usize = 8 << 20;
-const MATMUL_ROWS: u32 = 64;
 const MATMUL_TOKENS: u32 = 64;
 /// Queries (heads x tokens) per prefill attention workgroup: they share each key and value
 /// read. At most 8: attention.wgsl's `red` holds 8 queries' partial dot products.
@@ -26,6 +25,8 @@ const ROW_TOKENS: u32 = 8;
 const ARGMAX_CHUNK: u32 = 256 * 16;
 /// Attention splits the keys into runs of at least this many positions (attention.wgsl).
 const MIN_KEYS_PER_SPLIT: usize = 32;
+/// Head dimensions per combine workgroup (attention.wgsl's CDIMS).
+const COMBINE_DIMS: usize = 64;
 /// Most splits one token's attention is combined from (attention.wgsl's MAX_SPLITS).
 const MAX_SPLITS: usize = 256;
 pub const MAX_PENALTIES: usize = 1024;
@@ -58,6 +59,8 @@ const LAST_TOKEN: u32 = 4;
 const NORM: u32 = 8;
 /// Gate and up stacked; the activation goes in bits 8.. of the flags.
 const GLU: u32 = 16;
+/// The input is a residual plus the RMS-normed x (matvec.wgsl); with NORM.
+const POST: u32 = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -266,7 +269,7 @@ enum Grid {
     /// `n` elements per token, 256 per workgroup.
     Elems(u32),
     /// A linear layer: matvec for one token, a matmul for more.
-    Linear { rows: u32, last_only: bool, ty: GgmlType },
+    Linear { rows: u32, last_only: bool, ty: GgmlType, lanes: u32 },
     /// Attention's (blocks of query heads, key splits, blocks of `tokens` tokens).
     Attention { blocks: u32, tokens: u32 },
     /// Merges the key splits, x workgroups per token; nothing to do with one split.
@@ -284,6 +287,8 @@ struct Op {
 
 struct Activations {
     x: wgpu::Buffer,
+    /// The residual's second buffer where decode folds post-norms into matvecs.
+    x_alt: wgpu::Buffer,
     xn: wgpu::Buffer,
     tmp: wgpu::Buffer,
     /// Per token: q, k and v side by side.
@@ -293,6 +298,22 @@ struct Activations {
     /// Per token: gate and up side by side.
     gu: wgpu::Buffer,
     ff: wgpu::Buffer,
+}
+
+/// A matvec's input, norm weights and residual (Lin's x, norm, post).
+type LinInput<'a> = (&'a wgpu::Buffer, Option<(&'a wgpu::Buffer, f32)>, Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>);
+
+impl Activations {
+    /// Where the linear layers after a norm read: prefill from xn (the norm ran as its own
+    /// op); decode from x, normed on the fly, or, with a post-norm folded in (`folded`: both
+    /// norms' weights), from tmp and the residual `res` (in, out).
+    fn normed_input<'a>(&'a self, decode: bool, norm: (&'a wgpu::Buffer, f32), folded: Option<&'a wgpu::Buffer>, res: (&'a wgpu::Buffer, &'a wgpu::Buffer)) -> LinInput<'a> {
+        match (decode, folded) {
+            (false, _) => (&self.xn, None, None),
+            (true, Some(w)) => (&self.tmp, Some((w, norm.1)), Some(res)),
+            (true, None) => (&self.x, Some(norm), None),
+        }
+    }
 }
 
 /// Where a sampling step's input tokens come from.
@@ -382,7 +403,10 @@ pub struct Transformer {
 struct Builder<'a> {
     gpu: &'a Gpu,
     step: &'a wgpu::Buffer,
+    /// Bound where a kernel's input or output goes unused: one read-only, one writable (a
+    /// buffer may not be bound both ways in one dispatch).
     dummy: &'a wgpu::Buffer,
+    dummy_out: &'a wgpu::Buffer,
     ops: Vec<Op>,
 }
 
@@ -396,6 +420,9 @@ struct Lin<'a> {
     bias: Option<&'a wgpu::Buffer>,
     /// RMSNorm weights applied to x on the fly (decode path), with its epsilon.
     norm: Option<(&'a wgpu::Buffer, f32)>,
+    /// The residual in and out (matvec.wgsl's POST): the input is the residual plus x
+    /// RMS-normed with the first half of `norm`'s weights, then normed with the second half.
+    post: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
     flags: u32,
 }
 
@@ -417,11 +444,14 @@ impl Builder<'_> {
         for p in &m.parts {
             let mut flags = at.flags | if at.bias.is_some() { BIAS } else { 0 };
             flags |= if at.norm.is_some() { NORM } else { 0 };
+            flags |= if at.post.is_some() { POST } else { 0 };
+            let rows = if glu { p.rows / 2 } else { p.rows };
+            let lanes = self.gpu.matvec_lanes(m.k, rows as usize);
             let params = self.gpu.uniform(
                 "wparams",
                 &WParams {
                     k: m.k as u32,
-                    rows: if glu { p.rows / 2 } else { p.rows },
+                    rows,
                     scale_base: p.scale_base,
                     out_offset: (at.out_offset + p.row0 as usize) as u32,
                     out_stride: at.out_stride as u32,
@@ -430,17 +460,22 @@ impl Builder<'_> {
                     _p: 0,
                 },
             );
-            let kernel = Kernel::MatVec(m.ty);
-            let bind = [&p.buffer, at.x, at.y, at.bias.unwrap_or(self.dummy), &params, self.step, at.norm.map_or(self.dummy, |n| n.0)];
+            let kernel = Kernel::MatVec(m.ty, lanes);
+            let (res_in, res_out) = at.post.unwrap_or((self.dummy, self.dummy_out));
+            let bind = [&p.buffer, at.x, at.y, at.bias.unwrap_or(self.dummy), &params, self.step, at.norm.map_or(self.dummy, |n| n.0), res_in, res_out];
             let bg = self.gpu.bind_group(kernel, &bind);
-            let fused = if at.norm.is_some() { "norm+" } else { "" };
+            let fused = match (at.post, at.norm) {
+                (Some(_), _) => "post+norm+",
+                (None, Some(_)) => "norm+",
+                _ => "",
+            };
             let glu_name = if glu { "+glu" } else { "" };
             self.ops.push(Op {
                 // Matvec for one token, matmul for more.
                 label: format!("Linear({:?}) {fused}{}{glu_name}", m.ty, role(&m.name)),
                 kernel,
                 bind_group: bg,
-                grid: Grid::Linear { rows: if glu { p.rows / 2 } else { p.rows }, last_only: flags & LAST_TOKEN != 0, ty: m.ty },
+                grid: Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes },
             });
         }
     }
@@ -555,6 +590,7 @@ impl Transformer {
         let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).min(MAX_SPLITS).max(4 * max_batch);
         let act = Activations {
             x: g.storage("x", f32s(max_batch * e))?,
+            x_alt: g.storage("x_alt", f32s(if cfg.post_norms { e } else { 1 }))?,
             xn: g.storage("xn", f32s(max_batch * e))?,
             tmp: g.storage("tmp", f32s(max_batch * e))?,
             qkv: g.storage("qkv", f32s(max_batch * qkv_stride))?,
@@ -566,6 +602,7 @@ impl Transformer {
         let step = g.uniform("step", &Step { n_tok: 0, pos0: 0, splits: 1, chunk: 1 });
         let ids = g.storage("ids", (max_batch * 4) as u64)?;
         let dummy = g.storage("dummy", 16)?;
+        let dummy_out = g.storage("dummy", 16)?;
         let row_bytes = f32s(cfg.vocab);
         // Rows of logits one pass can return (scoring, perplexity): about 3% of the weights'
         // size, so GPU memory stays near weights + KV cache (Gemma's 262k vocabulary makes a
@@ -587,8 +624,8 @@ impl Transformer {
         // Two dispatch lists over the same weights: prefill (many tokens: tiled matmuls, norms
         // and GLU as their own passes) and decode (one token: norms and GLU fused into the
         // matvecs, fewer dependent dispatches).
-        let mut pre = Builder { gpu: g, step: &step, dummy: &dummy, ops: Vec::new() };
-        let mut dec = Builder { gpu: g, step: &step, dummy: &dummy, ops: Vec::new() };
+        let mut pre = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, ops: Vec::new() };
+        let mut dec = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, ops: Vec::new() };
         for p in &embd.parts {
             let params = g.uniform(
                 "eparams",
@@ -652,6 +689,7 @@ impl Transformer {
             },
         );
 
+        let mut last_post_ffw = None;
         for l in 0..cfg.n_layer {
             let n = |s: &str| format!("blk.{l}.{s}");
             let attn_norm = vectors(&one(&n("attn_norm.weight"), e), src).await?;
@@ -686,18 +724,33 @@ impl Transformer {
             let swa = cfg.swa_layers[l] as usize;
             let eps = cfg.rms_eps;
 
+            // Decode with post-norms folds each but the last (see the head) into the next
+            // matvec (POST): its norm weights go first, then the matvec's own norm's; the
+            // residual alternates between x and x_alt, since a POST matvec reads one while
+            // writing the other.
+            let folded = match &post {
+                Some(_) => {
+                    let before_attn = match l {
+                        0 => None,
+                        _ => Some(vectors(&[(format!("blk.{}.post_ffw_norm.weight", l - 1), e), (n("attn_norm.weight"), e)], src).await?),
+                    };
+                    Some((before_attn, vectors(&[(n("post_attention_norm.weight"), e), (n("ffn_norm.weight"), e)], src).await?))
+                }
+                None => None,
+            };
+            if l + 1 == cfg.n_layer {
+                last_post_ffw = post.as_ref().map(|p| p.1.clone());
+            }
+
             for (b, decode) in [(&mut pre, false), (&mut dec, true)] {
                 // Decode normalises inside the matvecs; prefill writes xn once for all of them.
-                let input = |w| -> (&wgpu::Buffer, Option<(&wgpu::Buffer, f32)>) {
-                    if decode { (&act.x, Some((w, eps))) } else { (&act.xn, None) }
-                };
-                let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, flags };
+                let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, post: None, flags };
                 if !decode {
                     b.norm(Some(&act.x), &attn_norm, &act.xn, e, 1, eps, false);
                 }
-                let (x, nw) = input(&attn_norm);
+                let (x, nw, res) = act.normed_input(decode, (&attn_norm, eps), folded.as_ref().and_then(|f| f.0.as_ref()), (&act.x_alt, &act.x));
                 for (m, offset) in &wqkv {
-                    b.linear(m, &Lin { bias: bqkv.as_ref(), ..lin(x, &act.qkv, *offset, qkv_stride, nw, 0) });
+                    b.linear(m, &Lin { bias: bqkv.as_ref(), post: res, ..lin(x, &act.qkv, *offset, qkv_stride, nw, 0) });
                 }
                 let norm_w = qk_norm.as_ref().unwrap_or(&dummy);
                 let fused = decode && fuse_rope;
@@ -709,30 +762,35 @@ impl Transformer {
                 let (heads, tokens) = blocks[decode as usize];
                 let grid = Grid::Attention { blocks: (cfg.n_head / heads) as u32, tokens: tokens as u32 };
                 b.op(Kernel::Attention((heads * tokens) as u32), &abind, grid);
-                b.op(Kernel::AttentionCombine, &abind, Grid::Combine(cfg.n_head as u32));
+                b.op(Kernel::AttentionCombine, &abind, Grid::Combine((cfg.n_head * cfg.head_dim.div_ceil(COMBINE_DIMS)) as u32));
                 match &post {
                     Some((post_attn, _)) => {
                         b.linear(&wo, &lin(&act.att, &act.tmp, 0, e, None, 0));
-                        b.norm(Some(&act.tmp), post_attn, &act.x, e, 1, eps, true);
+                        if !decode {
+                            b.norm(Some(&act.tmp), post_attn, &act.x, e, 1, eps, true);
+                        }
                     }
                     None => b.linear(&wo, &lin(&act.att, &act.x, 0, e, None, ACCUMULATE)),
                 }
                 if !decode {
                     b.norm(Some(&act.x), &ffn_norm, &act.xn, e, 1, eps, false);
                 }
-                let (x, nw) = input(&ffn_norm);
+                let (x, nw, res) = act.normed_input(decode, (&ffn_norm, eps), folded.as_ref().map(|f| &f.1), (&act.x, &act.x_alt));
                 if decode && wgu.len() == 1 && wgu[0].0.parts.len() == 1 {
-                    b.linear(&wgu[0].0, &lin(x, &act.ff, 0, cfg.n_ff, nw, GLU | ((cfg.act == Activation::GeluTanh) as u32) << 8));
+                    let glu = GLU | ((cfg.act == Activation::GeluTanh) as u32) << 8;
+                    b.linear(&wgu[0].0, &Lin { post: res, ..lin(x, &act.ff, 0, cfg.n_ff, nw, glu) });
                 } else {
                     for (m, offset) in &wgu {
-                        b.linear(m, &lin(x, &act.gu, *offset, 2 * cfg.n_ff, nw, 0));
+                        b.linear(m, &Lin { post: res, ..lin(x, &act.gu, *offset, 2 * cfg.n_ff, nw, 0) });
                     }
                     b.op(Kernel::Glu, &[&act.gu, &act.ff, &glu_params, &step], Grid::Elems(cfg.n_ff as u32));
                 }
                 match &post {
                     Some((_, post_ffw)) => {
                         b.linear(&wd, &lin(&act.ff, &act.tmp, 0, e, None, 0));
-                        b.norm(Some(&act.tmp), post_ffw, &act.x, e, 1, eps, true);
+                        if !decode {
+                            b.norm(Some(&act.tmp), post_ffw, &act.x, e, 1, eps, true);
+                        }
                     }
                     None => b.linear(&wd, &lin(&act.ff, &act.x, 0, e, None, ACCUMULATE)),
                 }
@@ -740,7 +798,7 @@ impl Transformer {
         }
         let out_norm = vectors(&one("output_norm.weight", e), src).await?;
         let head = output.as_ref().unwrap_or(&embd);
-        let to_logits = |x, norm, flags| Lin { x, y: &logits, out_offset: 0, out_stride: cfg.vocab, bias: None, norm, flags };
+        let to_logits = |x, norm, flags| Lin { x, y: &logits, out_offset: 0, out_stride: cfg.vocab, bias: None, norm, post: None, flags };
         let body_prefill = std::mem::take(&mut pre.ops);
         let body_decode = std::mem::take(&mut dec.ops);
         pre.norm(Some(&act.x), &out_norm, &act.xn, e, 1, cfg.rms_eps, false);
@@ -749,7 +807,16 @@ impl Transformer {
         pre.norm(Some(&act.x), &out_norm, &act.xn, e, 1, cfg.rms_eps, false);
         pre.linear(head, &to_logits(&act.xn, None, 0));
         let head_all = std::mem::take(&mut pre.ops);
-        dec.linear(head, &to_logits(&act.x, Some((&out_norm, cfg.rms_eps)), LAST_TOKEN));
+        // The last post-norm stays an op of its own: folded into the head, each of the head's
+        // many workgroups would sum x's squares again.
+        let residual = match &last_post_ffw {
+            Some(w) => {
+                dec.norm(Some(&act.tmp), w, &act.x_alt, e, 1, cfg.rms_eps, true);
+                &act.x_alt
+            }
+            None => &act.x,
+        };
+        dec.linear(head, &to_logits(residual, Some((&out_norm, cfg.rms_eps)), LAST_TOKEN));
         let head_decode = std::mem::take(&mut dec.ops);
 
         let sample_params = g.uniform("sparams", &SampleParams::default());
@@ -764,6 +831,15 @@ impl Transformer {
         b.op(Kernel::Sample, &sbind, Grid::Fixed(1));
         let sample = std::mem::take(&mut b.ops);
         let result_staging = [g.readback_buffer("result", 4), g.readback_buffer("result", 4)];
+        // Compile now every pipeline a prefill may pick (matmul tiles depend on the chunk's
+        // length), not at the first prompt of each length.
+        for n_tok in (1..=max_batch.div_ceil(MATMUL_TOKENS as usize)).map(|j| (j * MATMUL_TOKENS as usize).min(max_batch)).filter(|&n| n > 1) {
+            for op in body_prefill.iter().chain(&head_last).chain(&head_all) {
+                if let Some((kernel, _)) = dispatch_of(g, op, Shape { n_tok: n_tok as u32, splits: 1 }) {
+                    g.pipeline(kernel);
+                }
+            }
+        }
         g.queue.submit([]);
         gpu.check()?;
         Ok(Transformer {
@@ -806,7 +882,10 @@ impl Transformer {
 
     /// The op lists that run `n_tok` tokens and then `logits`.
     fn plan(&self, n_tok: usize, logits: Logits) -> [&[Op]; 2] {
-        let decode = n_tok == 1;
+        // One token runs the decode list, except for all logits: decode may leave the
+        // residual unfinished in x (Gemma's last post-norm goes into its head), which
+        // `head_all` reads.
+        let decode = n_tok == 1 && logits != Logits::All;
         let body = if decode { &self.body_decode } else { &self.body_prefill };
         let head: &[Op] = match logits {
             Logits::None => &[],
@@ -966,13 +1045,17 @@ impl Transformer {
     }
 
     /// GPU time in ms of each op of one greedy step over `tokens` at `pos` (one token: a
-    /// decode step; more: a prefill chunk), from timestamp queries around a compute pass per
-    /// op; `None` where the adapter has no timestamps. Passes add gaps between ops, so the
-    /// sum is kernel time, not the step's latency.
+    /// decode step; more: a prefill chunk); `None` where the adapter has no timestamps. Where
+    /// timestamps can go inside a pass (native), the step runs as one pass and each op's time
+    /// runs from the end of the op before it to its own end: its launch, barrier and memory
+    /// latency as the step sees them. Elsewhere each op gets a pass of its own. Either way
+    /// the timestamps add a few µs per op, so the sum exceeds the step.
     pub async fn profile(&self, tokens: &[u32], pos: usize) -> Result<Option<Vec<(String, f64)>>> {
-        if !self.gpu.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+        let features = self.gpu.device.features();
+        if !features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
         }
+        let in_pass = features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         self.check_batch(tokens, pos, Logits::Last)?;
         let shape = self.write_step(tokens, pos);
         let p = SampleParams { vocab: self.cfg.vocab as u32, ..Default::default() };
@@ -984,7 +1067,10 @@ impl Transformer {
             .chain(&self.greedy)
             .filter(|op| dispatch_of(&self.gpu, op, shape).is_some())
             .collect();
-        let n = ops.len() as u32 * 2;
+        // Timestamp pairs per op: (start, end) with a pass each, (end of the previous, end)
+        // in one pass.
+        let span = |i: usize| if in_pass { (i, i + 1) } else { (2 * i, 2 * i + 1) };
+        let n = if in_pass { ops.len() as u32 + 1 } else { ops.len() as u32 * 2 };
         let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: n });
         let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("profile"),
@@ -993,17 +1079,26 @@ impl Transformer {
             mapped_at_creation: false,
         });
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        for (i, op) in ops.iter().enumerate() {
-            let i = i as u32 * 2;
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &queries,
-                    beginning_of_pass_write_index: Some(i),
-                    end_of_pass_write_index: Some(i + 1),
-                }),
-            });
-            encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
+        if in_pass {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.write_timestamp(&queries, 0);
+            for (i, op) in ops.iter().enumerate() {
+                encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
+                pass.write_timestamp(&queries, i as u32 + 1);
+            }
+        } else {
+            for (i, op) in ops.iter().enumerate() {
+                let i = i as u32 * 2;
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &queries,
+                        beginning_of_pass_write_index: Some(i),
+                        end_of_pass_write_index: Some(i + 1),
+                    }),
+                });
+                encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
+            }
         }
         enc.resolve_query_set(&queries, 0..n, &resolved, 0);
         self.gpu.queue.submit([enc.finish()]);
@@ -1013,7 +1108,10 @@ impl Transformer {
         Ok(Some(
             ops.iter()
                 .enumerate()
-                .map(|(i, op)| (op.label.clone(), ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * ns_per_tick / 1e6))
+                .map(|(i, op)| {
+                    let (a, b) = span(i);
+                    (op.label.clone(), ticks[b].saturating_sub(ticks[a]) as f64 * ns_per_tick / 1e6)
+                })
                 .collect(),
         ))
     }
@@ -1041,13 +1139,20 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
             let wgs = (n * n_tok).div_ceil(256);
             (op.kernel, [wgs.min(65535), wgs.div_ceil(65535), 1])
         }
-        Grid::Linear { rows, last_only, ty } => {
+        Grid::Linear { rows, last_only, ty, lanes } => {
             if last_only || n_tok == 1 {
-                (Kernel::MatVec(ty), [rows.div_ceil(gpu.matvec_rows()), if last_only { 1 } else { n_tok }, 1])
+                // One token, so y continues x past 65535 workgroups (matvec.wgsl).
+                let wgs = rows.div_ceil(256 / lanes);
+                (Kernel::MatVec(ty, lanes), [wgs.min(65535), wgs.div_ceil(65535), 1])
             } else if gpu.tuning().matmul_by_rows {
                 (Kernel::MatMulRows(ty), [rows.div_ceil(ROW_WORKGROUP), n_tok.div_ceil(ROW_TOKENS), 1])
             } else {
-                (Kernel::MatMul(ty), [rows.div_ceil(MATMUL_ROWS), n_tok.div_ceil(MATMUL_TOKENS), 1])
+                let tokens = n_tok.div_ceil(MATMUL_TOKENS);
+                let mut tile = 64;
+                while tile > 16 && rows.div_ceil(tile) * tokens < gpu.tuning().matmul_min_workgroups {
+                    tile /= 2;
+                }
+                (Kernel::MatMul(ty, tile), [rows.div_ceil(tile), tokens, 1])
             }
         }
         Grid::Attention { blocks, tokens } => (op.kernel, [blocks, shape.splits, n_tok.div_ceil(tokens)]),
@@ -1081,10 +1186,11 @@ fn submit_ops(gpu: &Gpu, ops: &[Op], n_tok: u32) {
 pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Result<Vec<f32>> {
     let step = gpu.uniform("step", &Step { n_tok: n_tok as u32, pos0: 0, splits: 1, chunk: 1 });
     let dummy = gpu.storage("dummy", 16)?;
+    let dummy_out = gpu.storage("dummy", 16)?;
     let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
     let y = gpu.storage("y", (n_tok * m.rows * 4) as u64)?;
-    let mut b = Builder { gpu, step: &step, dummy: &dummy, ops: Vec::new() };
-    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, flags: 0 });
+    let mut b = Builder { gpu, step: &step, dummy: &dummy, dummy_out: &dummy_out, ops: Vec::new() };
+    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, post: None, flags: 0 });
     submit_ops(gpu, &b.ops, n_tok as u32);
     let bytes = gpu.read(&y, 0, (n_tok * m.rows * 4) as u64).await?;
     Ok(bytemuck::cast_slice(&bytes).to_vec())
@@ -1101,7 +1207,7 @@ pub async fn apply_sampler(gpu: &Gpu, logits: &[f32], p: &SampleParams, penaltie
     }
     let params = gpu.uniform("sparams", &SampleParams { vocab: logits.len() as u32, n_penalties: penalties.len() as u32, ..*p });
     let dummy = gpu.storage("dummy", 16)?;
-    let mut b = Builder { gpu, step: &dummy, dummy: &dummy, ops: Vec::new() };
+    let mut b = Builder { gpu, step: &dummy, dummy: &dummy, dummy_out: &dummy, ops: Vec::new() };
     b.op(Kernel::Sample, &[&lb, &partials, &result, &pens, &params], Grid::Fixed(1));
     submit_ops(gpu, &b.ops, 1);
     let bytes = gpu.read(&result, 0, 4).await?;

@@ -1,4 +1,6 @@
-//! `qwen2` (QKV biases) and `qwen3` (per-head Q/K RMSNorm) on small GGUF files written here,
+//! `qwen2` (QKV biases), `qwen3` (per-head Q/K RMSNorm) and `gemma3` (Q/K norms, norms after
+//! attention and FFN, GeGLU, scaled embeddings, a sliding-window layer) on small GGUF files
+//! written here,
 //! against a plain f32 CPU forward pass of the same weights (keys and values rounded to f16
 //! like the engine's KV cache): every position's logits, for a
 //! prompt longer than one prefill chunk (matmul path), the same tokens one at a time (the
@@ -20,6 +22,8 @@ const FF: usize = 256;
 const LAYERS: usize = 2;
 const EPS: f32 = 1e-6;
 const ROPE_BASE: f32 = 10000.0;
+/// gemma3: layer 0 attends to its last WINDOW positions, layer 1 to all.
+const WINDOW: usize = 64;
 
 /// A tensor of random weights: its GGUF bytes and the f32 values they decode to.
 struct Weight {
@@ -89,6 +93,10 @@ impl Model {
                 w.push(norm(&n("attn_q_norm.weight"), HEAD_DIM, next()));
                 w.push(norm(&n("attn_k_norm.weight"), HEAD_DIM, next()));
             }
+            if arch == "gemma3" {
+                w.push(norm(&n("post_attention_norm.weight"), EMBD, next()));
+                w.push(norm(&n("post_ffw_norm.weight"), EMBD, next()));
+            }
             w.push(norm(&n("ffn_norm.weight"), EMBD, next()));
             w.push(weight(&n("ffn_gate.weight"), FF, EMBD, GgmlType::Q4_0, next()));
             w.push(weight(&n("ffn_up.weight"), FF, EMBD, up_ty, next()));
@@ -105,7 +113,7 @@ impl Model {
 
     fn gguf(&self) -> Vec<u8> {
         let a = self.arch;
-        let md = vec![
+        let mut md = vec![
             ("general.architecture".to_string(), Value::String(a.into())),
             (format!("{a}.block_count"), Value::U32(LAYERS as u32)),
             (format!("{a}.embedding_length"), Value::U32(EMBD as u32)),
@@ -121,6 +129,10 @@ impl Model {
             ("tokenizer.ggml.tokens".into(), Value::Array((0..VOCAB).map(|i| Value::String(format!("t{i}"))).collect())),
             ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
         ];
+        if a == "gemma3" {
+            md.push(("gemma3.attention.sliding_window".into(), Value::U32(WINDOW as u32)));
+            md.push(("gemma3.attention.sliding_window_pattern".into(), Value::U32(2)));
+        }
         let tensors: Vec<TensorData> = self
             .weights
             .iter()
@@ -133,7 +145,9 @@ impl Model {
     fn forward(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
         let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
         let embd = self.get("token_embd.weight");
-        let mut xs: Vec<Vec<f32>> = tokens.iter().map(|&t| embd[t as usize * EMBD..(t as usize + 1) * EMBD].to_vec()).collect();
+        let gemma = self.arch == "gemma3";
+        let scale = if gemma { (EMBD as f32).sqrt() } else { 1.0 };
+        let mut xs: Vec<Vec<f32>> = tokens.iter().map(|&t| embd[t as usize * EMBD..(t as usize + 1) * EMBD].iter().map(|v| v * scale).collect()).collect();
         for l in 0..LAYERS {
             let n = |s: &str| format!("blk.{l}.{s}");
             let (mut ks, mut vs, mut qs) = (Vec::new(), Vec::new(), Vec::new());
@@ -164,27 +178,38 @@ impl Model {
                 ks.push(k);
                 vs.push(v);
             }
+            let first = |pos: usize| if gemma && l % 2 == 0 { (pos + 1).saturating_sub(WINDOW) } else { 0 };
+            // The sublayers' outputs join the residual, through a norm in gemma3.
+            let residual = |x: &mut Vec<f32>, out: Vec<f32>, post: &str| match gemma {
+                true => add(x, &rmsnorm(&out, self.get(&n(post)))),
+                false => add(x, &out),
+            };
             for (pos, x) in xs.iter_mut().enumerate() {
                 let mut attn = vec![0f32; qd];
                 for h in 0..HEADS {
                     let kvh = h / (HEADS / KV_HEADS);
                     let q = &qs[pos][h * HEAD_DIM..(h + 1) * HEAD_DIM];
-                    let scores: Vec<f32> = (0..=pos)
+                    let scores: Vec<f32> = (first(pos)..=pos)
                         .map(|j| dot(q, &ks[j][kvh * HEAD_DIM..(kvh + 1) * HEAD_DIM]) / (HEAD_DIM as f32).sqrt())
                         .collect();
                     let p = softmax(&scores);
-                    for (j, pj) in p.iter().enumerate() {
+                    for (j, pj) in (first(pos)..).zip(&p) {
                         for d in 0..HEAD_DIM {
                             attn[h * HEAD_DIM + d] += pj * vs[j][kvh * HEAD_DIM + d];
                         }
                     }
                 }
-                add(x, &matvec(self.get(&n("attn_output.weight")), &attn, EMBD));
+                residual(x, matvec(self.get(&n("attn_output.weight")), &attn, EMBD), "post_attention_norm.weight");
                 let h = rmsnorm(x, self.get(&n("ffn_norm.weight")));
                 let g = matvec(self.get(&n("ffn_gate.weight")), &h, FF);
                 let u = matvec(self.get(&n("ffn_up.weight")), &h, FF);
-                let act: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-                add(x, &matvec(self.get(&n("ffn_down.weight")), &act, EMBD));
+                // SwiGLU; gemma3: GeGLU with the tanh approximation.
+                let act = |g: f32| match gemma {
+                    true => 0.5 * g * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh()),
+                    false => g / (1.0 + (-g).exp()),
+                };
+                let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| act(*g) * u).collect();
+                residual(x, matvec(self.get(&n("ffn_down.weight")), &a, EMBD), "post_ffw_norm.weight");
             }
         }
         xs.iter()
@@ -316,6 +341,16 @@ fn qwen3_matches_cpu_reference() {
 /// The GPU tuning, with whole (unsplit) attention only up to 64 keys so that the 150
 /// positions run both ways.
 const GPU: Tuning = Tuning { whole_attention_keys: 64, ..Tuning::GPU };
+
+#[test]
+fn gemma3_matches_cpu_reference() {
+    check("gemma3", Tuning::CPU, false);
+}
+
+#[test]
+fn gemma3_in_gpu_tuning_matches_cpu_reference() {
+    check("gemma3", GPU, false);
+}
 
 #[test]
 fn qwen2_in_gpu_tuning_matches_cpu_reference() {

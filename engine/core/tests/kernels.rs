@@ -62,10 +62,33 @@ fn linear_in_gpu_tuning_matches_reference() {
         gpu.set_f16(f16);
         for ty in GgmlType::ALL {
             let k = if ty.block_size() == 256 { 512 } else { 96 };
-            // 130 x 37: a partial tile in both directions; 70 x 150: several token tiles.
-            for (rows, n_tok) in [(1, 1), (67, 1), (130, 37), (70, 150)] {
-                check_linear(&gpu, ty, rows, k, n_tok, rows as u64 * 17 + n_tok as u64, tol);
+            for rows in [1, 67] {
+                check_linear(&gpu, ty, rows, k, 1, rows as u64 * 17 + 1, tol);
             }
+            // Longer rows get more matvec lanes: 128 lanes with groups past the row's end,
+            // and 256 lanes that loop twice.
+            let b = ty.block_size().max(32);
+            for k in [b * (1056 / b).max(2) + b, b * (4352 / b + 1)] {
+                check_linear(&gpu, ty, 9, k, 1, k as u64, tol);
+            }
+        }
+        // The matmuls in 64-, 32- and 16-row tiles (each shape, with these least workgroup
+        // counts, gets each tile size): 130 x 37, a partial tile in both directions; 70 x 150,
+        // several token tiles.
+        for min_workgroups in [0, 4, 7, 9, 15, u32::MAX] {
+            let mut tiles = pollster::block_on(gloss_engine::Gpu::new()).unwrap();
+            tiles.set_tuning(gloss_engine::Tuning { matmul_min_workgroups: min_workgroups, ..gloss_engine::Tuning::GPU });
+            tiles.set_f16(f16);
+            for ty in GgmlType::ALL {
+                let k = if ty.block_size() == 256 { 512 } else { 96 };
+                for (rows, n_tok) in [(130, 37), (70, 150)] {
+                    check_linear(&tiles, ty, rows, k, n_tok, rows as u64 * 13 + n_tok as u64, tol);
+                }
+            }
+        }
+        // More matvec workgroups than one grid dimension holds (8 rows each): y continues x.
+        if !f16 {
+            check_linear(&gpu, GgmlType::Q4_0, 8 * 65535 + 24, 96, 1, 3, tol);
         }
     }
 }
