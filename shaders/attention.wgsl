@@ -218,8 +218,8 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let vw = lid % hw;
     var acc: array<vec2<f32>, HEADS>;
     for (var g = 0u; g < HEADS; g++) { acc[g] = vec2<f32>(0.0); }
-    // Constant loop bounds below let the loads go out together. (They do not keep the arrays
-    // out of local memory on every driver: see the header.)
+    // The loads below go into named registers before their values are used, so they go out
+    // together. (acc and s are indexed by block query: see the header.)
     for (var c = lo; c < hi; c += TILE) {
         let n = min(TILE, hi - c);
         var s: array<f32, HEADS>;

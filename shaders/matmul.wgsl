@@ -3,9 +3,8 @@
 // - main (GPUs): tiles of TM rows (64, 32 or 16: the engine prepends it, and takes smaller
 //   tiles where 64-row ones would leave a big GPU's cores idle) x 64 tokens per workgroup;
 //   each thread owns TM / 16 rows (16 apart, so a warp's reads of workgroup memory hit
-//   distinct banks) x 4 tokens. Weights are
-//   dequantized once per tile into workgroup memory, and the next step's tile is fetched
-//   into registers while this one is multiplied. The engine prepends `TV`, the tile element:
+//   distinct banks) x 4 tokens. Weights are dequantized once per tile into workgroup
+//   memory, and the next step's tile is fetched into registers while this one is multiplied. The engine prepends `TV`, the tile element:
 //   vec4<f16> where the adapter has shader-f16 (half the workgroup memory and its traffic,
 //   products summed in f16 four at a time, sums kept in f32: llama.cpp's Vulkan tiles do the
 //   same), else vec4<f32>; and `TK`, columns per step (32 or 16: either way 2 x 64 x TK

@@ -565,15 +565,17 @@ impl Transformer {
         bytes_per_token += tensor(if output.is_some() { "output.weight" } else { "token_embd.weight" })?.size;
 
         // Small vectors (norm weights, biases) side by side in one buffer.
-        let vectors = async |names: &[(String, usize)], src: &mut _| -> Result<wgpu::Buffer> {
+        let read_vectors = async |names: &[(String, usize)], src: &mut _| -> Result<Vec<f32>> {
             let mut all = Vec::new();
             for (name, n) in names {
                 let t = tensor(name)?;
                 check_shape(t, &[*n])?;
                 all.extend(read_f32(src, t).await?);
             }
-            g.storage_init(&names[0].0, bytemuck::cast_slice(&all))
+            Ok(all)
         };
+        let upload = |label: &str, v: &[f32]| g.storage_init(label, bytemuck::cast_slice(v));
+        let vectors = async |names: &[(String, usize)], src: &mut _| upload(&names[0].0, &read_vectors(names, src).await?);
 
         if cfg.head_dim > 256 || cfg.head_dim % 16 != 0 {
             return Err(Error::Unsupported(format!("head dimension {} (attention supports multiples of 16 up to 256)", cfg.head_dim)));
@@ -690,13 +692,17 @@ impl Transformer {
         );
 
         let mut last_post_ffw = None;
+        // The layer before's post-FFN norm weights (post-norm models), for this layer's fold.
+        let mut prev_post_ffw: Option<Vec<f32>> = None;
         for l in 0..cfg.n_layer {
             let n = |s: &str| format!("blk.{l}.{s}");
-            let attn_norm = vectors(&one(&n("attn_norm.weight"), e), src).await?;
+            let attn_norm_v = read_vectors(&one(&n("attn_norm.weight"), e), src).await?;
+            let attn_norm = upload(&n("attn_norm.weight"), &attn_norm_v)?;
             let qkv_names = [(n("attn_q.weight"), qd), (n("attn_k.weight"), kvd), (n("attn_v.weight"), kvd)];
             let wqkv = matrices(&qkv_names, e, src).await?;
             let wo = matrices(&one(&n("attn_output.weight"), e), qd, src).await?.remove(0).0;
-            let ffn_norm = vectors(&one(&n("ffn_norm.weight"), e), src).await?;
+            let ffn_norm_v = read_vectors(&one(&n("ffn_norm.weight"), e), src).await?;
+            let ffn_norm = upload(&n("ffn_norm.weight"), &ffn_norm_v)?;
             let wgu = matrices(&[(n("ffn_gate.weight"), cfg.n_ff), (n("ffn_up.weight"), cfg.n_ff)], e, src).await?;
             let wd = matrices(&one(&n("ffn_down.weight"), e), cfg.n_ff, src).await?.remove(0).0;
             for (name, _) in qkv_names.iter().chain(&[(n("attn_output.weight"), 0), (n("ffn_gate.weight"), 0), (n("ffn_up.weight"), 0), (n("ffn_down.weight"), 0)]) {
@@ -712,10 +718,14 @@ impl Transformer {
             } else {
                 None
             };
-            let post = if cfg.post_norms {
-                Some((vectors(&one(&n("post_attention_norm.weight"), e), src).await?, vectors(&one(&n("post_ffw_norm.weight"), e), src).await?))
+            let post_v = if cfg.post_norms {
+                Some((read_vectors(&one(&n("post_attention_norm.weight"), e), src).await?, read_vectors(&one(&n("post_ffw_norm.weight"), e), src).await?))
             } else {
                 None
+            };
+            let post = match &post_v {
+                Some((a, f)) => Some((upload(&n("post_attention_norm.weight"), a)?, upload(&n("post_ffw_norm.weight"), f)?)),
+                None => None,
             };
             let k_cache = g.storage("k_cache", kv_words)?;
             let v_cache = g.storage("v_cache", kv_words)?;
@@ -728,16 +738,17 @@ impl Transformer {
             // matvec (POST): its norm weights go first, then the matvec's own norm's; the
             // residual alternates between x and x_alt, since a POST matvec reads one while
             // writing the other.
-            let folded = match &post {
-                Some(_) => {
-                    let before_attn = match l {
-                        0 => None,
-                        _ => Some(vectors(&[(format!("blk.{}.post_ffw_norm.weight", l - 1), e), (n("attn_norm.weight"), e)], src).await?),
+            let folded = match &post_v {
+                Some((post_attn, _)) => {
+                    let before_attn = match &prev_post_ffw {
+                        Some(p) => Some(upload(&n("attn_norm.weight"), &[p.as_slice(), &attn_norm_v].concat())?),
+                        None => None,
                     };
-                    Some((before_attn, vectors(&[(n("post_attention_norm.weight"), e), (n("ffn_norm.weight"), e)], src).await?))
+                    Some((before_attn, upload(&n("ffn_norm.weight"), &[post_attn.as_slice(), &ffn_norm_v].concat())?))
                 }
                 None => None,
             };
+            prev_post_ffw = post_v.map(|p| p.1);
             if l + 1 == cfg.n_layer {
                 last_post_ffw = post.as_ref().map(|p| p.1.clone());
             }
