@@ -19,40 +19,13 @@
 // block query only, so with one query per block (GPUs) they are single registers: drivers
 // may keep an indexed array in local memory, at a large cost.
 
-struct AParams {
-    n_head: u32,
-    n_kv: u32,
-    head_dim: u32,
-    window: u32,
-    scale: f32,
-    q_stride: u32, // floats per token in the q buffer (q, k and v rows side by side)
-    // 1: decode with rope_kv fused (raw q, k, v in; this step's k and v go to the cache;
-    // one head per workgroup); 2: NeoX rotation; 4: q/k norms (weights: q norm then k norm)
-    flags: u32,
-    n_rot: u32,
-    eps: f32,
-    heads: u32,  // query heads per block
-    tokens: u32, // tokens per block
-    _p0: u32,
-}
-// `splits` key splits of `chunk` positions each, per token (set per step on the CPU).
-struct Step { n_tok: u32, pos0: u32, splits: u32, chunk: u32 }
-
-@group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read_write> k_cache: array<u32>;
-@group(0) @binding(2) var<storage, read_write> v_cache: array<u32>;
-// Per (token, head, split): head_dim accumulators, then max, then sum.
-@group(0) @binding(3) var<storage, read_write> part: array<f32>;
-@group(0) @binding(4) var<uniform> ap: AParams;
-@group(0) @binding(5) var<uniform> step: Step;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+#include attention_common
 @group(0) @binding(7) var<storage, read> norm_w: array<f32>;
 @group(0) @binding(8) var<storage, read> inv_freq: array<f32>;
 
 const WG: u32 = 256u;
 const TILE: u32 = 32u;          // keys per inner step
 const TPK: u32 = WG / TILE;     // threads per key in the dot products
-const NEG: f32 = -3.0e38;
 
 var<workgroup> qs: array<f32, MAX_HEAD_VALUES>; // [block query][dim]
 var<workgroup> kc: array<f32, FUSED_DIM>;       // fused decode: this step's key, normed and rotated
@@ -148,17 +121,6 @@ fn value_word(c: u32, j: u32, n: u32, own: bool, pos: u32, kv_words: u32, word: 
 // Block query g's probability of tile key j; zero past the tile.
 fn prob(g: u32, j: u32) -> f32 {
     return select(0.0, pr[g * TILE + min(j, TILE - 1u)], j < TILE);
-}
-
-// Block query g's head and token.
-fn member(g: u32, h0: u32, t0: u32) -> vec2<u32> {
-    return vec2<u32>(h0 + g % ap.heads, t0 + g / ap.heads);
-}
-
-// The first key a query at `pos` sees.
-fn first_key(pos: u32) -> u32 {
-    if (ap.window > 0u && pos + 1u > ap.window) { return pos + 1u - ap.window; }
-    return 0u;
 }
 
 @compute @workgroup_size(256)

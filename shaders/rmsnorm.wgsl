@@ -1,6 +1,8 @@
 // RMSNorm over rows of length n: out = x / sqrt(mean(x^2) + eps) * weight. Rows are tokens
 // (attention/FFN/output norms) or heads (q/k norms). Flags: 1 = add into y (Gemma's
-// post-norms feed the residual), 2 = in place (read y instead of x).
+// post-norms feed the residual), 2 = in place (read y instead of x), 4 = then the next norm
+// too (Gemma's prefill: a post-norm adds into the residual y, and `normed` gets the new
+// residual's norm with weights n..2n, one dispatch for two).
 
 struct NParams { n: u32, rows_per_tok: u32, flags: u32, eps: f32 }
 struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
@@ -10,8 +12,22 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> np: NParams;
 @group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(5) var<storage, read_write> normed: array<f32>;
 
 var<workgroup> sums: array<f32, 256>;
+
+// The workgroup's sum of s (every invocation calls it).
+fn total(s: f32, lid: u32) -> f32 {
+    sums[lid] = s;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {
+        if (lid < k) { sums[lid] += sums[lid + k]; }
+        workgroupBarrier();
+    }
+    let t = sums[0];
+    workgroupBarrier();
+    return t;
+}
 
 fn input(i: u32) -> f32 {
     if ((np.flags & 2u) != 0u) { return y[i]; }
@@ -28,16 +44,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let v = input(base + i);
         s += v * v;
     }
-    sums[lid] = s;
-    workgroupBarrier();
-    for (var k = 128u; k > 0u; k >>= 1u) {
-        if (lid < k) { sums[lid] += sums[lid + k]; }
-        workgroupBarrier();
-    }
-    let inv = inverseSqrt(sums[0] / f32(np.n) + np.eps);
+    let inv = inverseSqrt(total(s, lid) / f32(np.n) + np.eps);
+    var s2 = 0.0;
     for (var i = lid; i < np.n; i += 256u) {
         var v = input(base + i) * inv * weight[i];
         if ((np.flags & 1u) != 0u) { v += y[base + i]; }
         y[base + i] = v;
+        s2 += v * v;
+    }
+    if ((np.flags & 4u) != 0u) {
+        // Each invocation reads back only what it wrote.
+        let inv2 = inverseSqrt(total(s2, lid) / f32(np.n) + np.eps);
+        for (var i = lid; i < np.n; i += 256u) {
+            normed[base + i] = y[base + i] * inv2 * weight[np.n + i];
+        }
     }
 }

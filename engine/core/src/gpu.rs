@@ -29,6 +29,8 @@ pub enum Kernel {
     RopeKv,
     /// Attention's partial results, for blocks of up to this many queries.
     Attention(u32),
+    /// Prefill attention in register tiles (attention_prefill.wgsl) for this head size.
+    AttentionTiles(AttentionTiles),
     AttentionCombine,
     Glu,
     ArgmaxPartial,
@@ -46,6 +48,7 @@ fn compose(src: &str, subgroups: bool) -> String {
             Some("quant") => include_str!("../../../shaders/quant.wgsl"),
             Some("activation") => include_str!("../../../shaders/activation.wgsl"),
             Some("rotary") => include_str!("../../../shaders/rotary.wgsl"),
+            Some("attention_common") => include_str!("../../../shaders/attention_common.wgsl"),
             Some("reduce") if subgroups => {
                 uses_subgroups = true;
                 include_str!("../../../shaders/reduce_subgroup.wgsl")
@@ -70,6 +73,42 @@ fn attention(heads: u32) -> String {
         if heads == 1 { 256 } else { 1 },
         include_str!("../../../shaders/attention.wgsl")
     )
+}
+
+/// The stages of attention_prefill.wgsl for one head size: head dimensions per score stage
+/// and keys per value stage.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct AttentionTiles {
+    pub head_dim: u32,
+    pub stage_dims: u32,
+    pub stage_keys: u32,
+}
+
+impl AttentionTiles {
+    /// The largest stages that fit `bytes` of workgroup memory (fewer stages, fewer
+    /// barriers), with at most four value words per thread; `None` for heads the kernel does
+    /// not take (not a multiple of 16, or wider than 256) or too little memory.
+    pub fn fitting(head_dim: u32, bytes: u32) -> Option<AttentionTiles> {
+        if head_dim % 16 != 0 || head_dim > 256 {
+            return None;
+        }
+        // qs, ks, ps and vs of the kernel.
+        let size = |dc: u32, vk: u32| 256 * dc + 136 * dc + 32 * 17 * 16 + vk * head_dim * 4;
+        let dims = [64, 32, 16].into_iter().filter(|dc| head_dim % dc == 0);
+        dims.flat_map(|dc| [32, 16, 8, 4, 2].into_iter().map(move |vk| (dc, vk)))
+            .find(|&(dc, vk)| vk * head_dim <= 2048 && size(dc, vk) <= bytes)
+            .map(|(stage_dims, stage_keys)| AttentionTiles { head_dim, stage_dims, stage_keys })
+    }
+
+    fn source(self) -> String {
+        format!(
+            "const HD: u32 = {}u;\nconst DC: u32 = {}u;\nconst VK: u32 = {}u;\n{}",
+            self.head_dim,
+            self.stage_dims,
+            self.stage_keys,
+            include_str!("../../../shaders/attention_prefill.wgsl")
+        )
+    }
 }
 
 /// matmul.wgsl with its tile element: f16 where the device has shader-f16, else f32.
@@ -108,6 +147,7 @@ impl Kernel {
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
             Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
             Kernel::Attention(block) => (attention(block), "partial"),
+            Kernel::AttentionTiles(t) => (t.source(), "main"),
             Kernel::AttentionCombine => (attention(1), "combine"),
             Kernel::Glu => (include_str!("../../../shaders/glu.wgsl").into(), "main"),
             Kernel::ArgmaxPartial => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_partial"),
@@ -124,10 +164,10 @@ impl Kernel {
             // either. The last two (the residual of matvec.wgsl's POST) only the matvec reads.
             Kernel::MatVec(..) | Kernel::MatMul(..) | Kernel::MatMulRows(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform, Read, Read, ReadWrite],
             Kernel::Embed(_) => &[Read, Read, ReadWrite, Uniform, Uniform],
-            Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform],
+            Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite],
             Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
             // One layout for both entry points, so they share a bind group.
-            Kernel::Attention(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
+            Kernel::Attention(_) | Kernel::AttentionTiles(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
             Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],
             Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::Sample => {
                 &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform]
@@ -151,10 +191,15 @@ pub struct Tuning {
     /// Prefill's linear layers as one invocation per (row, 8 tokens), without workgroup
     /// tiles or barriers (CPU adapters), instead of tiles shared through workgroup memory.
     pub matmul_by_rows: bool,
-    /// Workgroups a tiled matmul should have at least: its tiles shrink from 64 rows to 32
-    /// or 16 until it does, because a small model's prefill chunk in 64-row tiles leaves most
-    /// of a big GPU idle, and a workgroup alone cannot hide its memory latency.
-    pub matmul_min_workgroups: u32,
+    /// Workgroups a prefill kernel should have at least, because a small model's prefill
+    /// chunk in big tiles leaves most of a big GPU idle, and a workgroup alone cannot hide
+    /// its memory latency: a tiled matmul's tiles shrink from 64 rows to 32 or 16 until it
+    /// has them, and attention takes more key splits where its blocks are few.
+    pub min_workgroups: u32,
+    /// Workgroup memory prefill attention may take for its register tiles (GPUs; the
+    /// adapter's limit applies too). 0: blocks of at most 8 queries without tiles (CPU
+    /// adapters, where each of the tiles' barriers costs more than the tiles save).
+    pub attention_tile_bytes: u32,
     /// Up to this many keys, a query's attention runs as one workgroup over all of them
     /// and writes its result, with no key splits to combine (a dispatch fewer per layer).
     /// Longer contexts split the keys so that the GPU stays busy; a CPU adapter gains
@@ -165,8 +210,8 @@ pub struct Tuning {
 const NVIDIA: u32 = 0x10de;
 
 impl Tuning {
-    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, matmul_min_workgroups: 128, whole_attention_keys: 0 };
-    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, matmul_min_workgroups: 0, whole_attention_keys: u32::MAX };
+    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, min_workgroups: 128, attention_tile_bytes: u32::MAX, whole_attention_keys: 0 };
+    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, min_workgroups: 0, attention_tile_bytes: 0, whole_attention_keys: u32::MAX };
 }
 
 pub struct Pipeline {
@@ -445,6 +490,13 @@ impl Gpu {
 
     pub fn tuning(&self) -> Tuning {
         self.tuning
+    }
+
+    /// Prefill attention's register tiles for this head size, where the tuning takes them and
+    /// they fit the adapter's workgroup memory.
+    pub fn attention_tiles(&self, head_dim: usize) -> Option<AttentionTiles> {
+        let bytes = self.tuning.attention_tile_bytes.min(self.limits.max_compute_workgroup_storage_size);
+        AttentionTiles::fitting(head_dim as u32, bytes)
     }
 
     /// Shapes kernels as for another kind of adapter, before any pipeline exists: lets tests

@@ -15,9 +15,12 @@ use crate::quant::{self, GgmlType};
 /// Bytes of file data read per upload chunk: bounds the loader's peak memory.
 const UPLOAD_CHUNK: usize = 8 << 20;
 const MATMUL_TOKENS: u32 = 64;
-/// Queries (heads x tokens) per prefill attention workgroup: they share each key and value
-/// read. At most 8: attention.wgsl's `red` holds 8 queries' partial dot products.
+/// Queries (heads x tokens) per prefill attention workgroup without tiles: they share each
+/// key and value read. At most 8: attention.wgsl's `red` holds 8 queries' partial dot
+/// products.
 const PREFILL_QUERIES: usize = 8;
+/// Queries per workgroup of the tiled prefill attention (attention_prefill.wgsl's BQ).
+const TILE_QUERIES: usize = 64;
 /// Rows (one per invocation) and tokens per invocation of matmul.wgsl's `rows` (its
 /// workgroup size and ROW_TOKENS).
 const ROW_WORKGROUP: u32 = 64;
@@ -482,9 +485,19 @@ impl Builder<'_> {
 
     fn norm(&mut self, x: Option<&wgpu::Buffer>, w: &wgpu::Buffer, y: &wgpu::Buffer, n: usize, rows_per_tok: usize, eps: f32, accumulate: bool) {
         let flags = (accumulate as u32) | if x.is_none() { 2 } else { 0 };
+        self.norm_op("RmsNorm", [x.unwrap_or(self.dummy), w, y, self.dummy_out], n, rows_per_tok, flags, eps);
+    }
+
+    /// A post-norm and the next norm in one (prefill): `x += rmsnorm(sub) * w[..n]`, then
+    /// `xn = rmsnorm(x) * w[n..]` (`w` stacks the two weights).
+    fn post_norm(&mut self, sub: &wgpu::Buffer, w: &wgpu::Buffer, x: &wgpu::Buffer, xn: &wgpu::Buffer, n: usize, eps: f32) {
+        self.norm_op("RmsNorm post+next", [sub, w, x, xn], n, 1, 1 | 4, eps);
+    }
+
+    fn norm_op(&mut self, label: &str, [x, w, y, normed]: [&wgpu::Buffer; 4], n: usize, rows_per_tok: usize, flags: u32, eps: f32) {
         let params = self.gpu.uniform("nparams", &NParams { n: n as u32, rows_per_tok: rows_per_tok as u32, flags, eps });
-        let bg = self.gpu.bind_group(Kernel::RmsNorm, &[x.unwrap_or(self.dummy), w, y, &params, self.step]);
-        self.ops.push(Op { label: "RmsNorm".into(), kernel: Kernel::RmsNorm, bind_group: bg, grid: Grid::Rows(rows_per_tok as u32) });
+        let bg = self.gpu.bind_group(Kernel::RmsNorm, &[x, w, y, &params, self.step, normed]);
+        self.ops.push(Op { label: label.into(), kernel: Kernel::RmsNorm, bind_group: bg, grid: Grid::Rows(rows_per_tok as u32) });
     }
 
     fn op(&mut self, kernel: Kernel, buffers: &[&wgpu::Buffer], grid: Grid) {
@@ -589,7 +602,25 @@ impl Transformer {
 
         let f32s = |n: usize| (n * 4) as u64;
         let qkv_stride = qd + 2 * kvd;
-        let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).min(MAX_SPLITS).max(4 * max_batch);
+        // Attention blocks, (query heads, tokens) per workgroup, of up to `cap` queries: the
+        // heads are the largest divisor of the kv group that fits, tokens (prefill) fill the
+        // rest. The untiled kernel keeps its block's q values in 1024 floats.
+        let group = cfg.n_head / cfg.n_kv_head;
+        let untiled = |cap: usize| cap.min(1024 / cfg.head_dim);
+        let block = |cap: usize, tokens: bool| {
+            let heads = (1..=cap.min(group)).rev().find(|h| group % h == 0).unwrap_or(1);
+            (heads, if tokens { cap / heads } else { 1 })
+        };
+        let tiles = g.attention_tiles(cfg.head_dim);
+        // [prefill, decode]
+        let prefill_cap = if tiles.is_some() { TILE_QUERIES } else { untiled(PREFILL_QUERIES) };
+        let blocks = [block(prefill_cap, true), block(untiled(g.tuning().attention_heads as usize), false)];
+        // Key splits per token of a full prefill chunk: 4, or up to 16 where the chunk has
+        // few attention blocks (Gemma 3 270M's one kv head: 16 blocks of 64 queries), until
+        // its attention has the tuning's workgroups.
+        let chunk_blocks = cfg.n_head / blocks[0].0 * max_batch.div_ceil(blocks[0].1);
+        let chunk_splits = (g.tuning().min_workgroups as usize).div_ceil(chunk_blocks).clamp(4, 16);
+        let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).min(MAX_SPLITS).max(chunk_splits * max_batch);
         let act = Activations {
             x: g.storage("x", f32s(max_batch * e))?,
             x_alt: g.storage("x_alt", f32s(if cfg.post_norms { e } else { 1 }))?,
@@ -641,17 +672,6 @@ impl Transformer {
         let kv_words = (ctx * kvd / 2 * 4) as u64;
         let mut kv_bytes = 0;
         let glu_params = g.uniform("gparams", &U4 { a: cfg.n_ff as u32, b: (cfg.act == Activation::GeluTanh) as u32, _p: [0; 2] });
-        // Attention blocks, (query heads, tokens) per workgroup: up to `cap` queries whose q
-        // values fit 1024 floats (head_dim <= 256); the heads are the largest divisor of the
-        // kv group that fits, tokens (prefill) fill the rest.
-        let group = cfg.n_head / cfg.n_kv_head;
-        let block = |cap: usize, tokens: bool| {
-            let cap = cap.min(1024 / cfg.head_dim);
-            let heads = (1..=cap.min(group)).rev().find(|h| group % h == 0).unwrap_or(1);
-            (heads, if tokens { cap / heads } else { 1 })
-        };
-        // [prefill, decode]
-        let blocks = [block(PREFILL_QUERIES, true), block(g.tuning().attention_heads as usize, false)];
         // Decode folds rope_kv into attention when each workgroup has one query.
         let fuse_rope = blocks[1] == (1, 1);
         let aparams = |window: u32, decode: bool| {
@@ -756,10 +776,16 @@ impl Transformer {
             for (b, decode) in [(&mut pre, false), (&mut dec, true)] {
                 // Decode normalises inside the matvecs; prefill writes xn once for all of them.
                 let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, post: None, flags };
+                let before_attn = folded.as_ref().and_then(|f| f.0.as_ref());
                 if !decode {
-                    b.norm(Some(&act.x), &attn_norm, &act.xn, e, 1, eps, false);
+                    match before_attn {
+                        // The layer before left its FFN output in tmp: its post-norm and this
+                        // layer's norm in one dispatch.
+                        Some(w) => b.post_norm(&act.tmp, w, &act.x, &act.xn, e, eps),
+                        None => b.norm(Some(&act.x), &attn_norm, &act.xn, e, 1, eps, false),
+                    }
                 }
-                let (x, nw, res) = act.normed_input(decode, (&attn_norm, eps), folded.as_ref().and_then(|f| f.0.as_ref()), (&act.x_alt, &act.x));
+                let (x, nw, res) = act.normed_input(decode, (&attn_norm, eps), before_attn, (&act.x_alt, &act.x));
                 for (m, offset) in &wqkv {
                     b.linear(m, &Lin { bias: bqkv.as_ref(), post: res, ..lin(x, &act.qkv, *offset, qkv_stride, nw, 0) });
                 }
@@ -772,19 +798,25 @@ impl Transformer {
                 let abind = [&act.qkv, &k_cache, &v_cache, &act.part, &attn_params[swa][decode as usize], &step, &act.att, norm_w, freqs];
                 let (heads, tokens) = blocks[decode as usize];
                 let grid = Grid::Attention { blocks: (cfg.n_head / heads) as u32, tokens: tokens as u32 };
-                b.op(Kernel::Attention((heads * tokens) as u32), &abind, grid);
+                let kernel = match tiles {
+                    Some(t) if !decode => Kernel::AttentionTiles(t),
+                    _ => Kernel::Attention((heads * tokens) as u32),
+                };
+                b.op(kernel, &abind, grid);
                 b.op(Kernel::AttentionCombine, &abind, Grid::Combine((cfg.n_head * cfg.head_dim.div_ceil(COMBINE_DIMS)) as u32));
-                match &post {
-                    Some((post_attn, _)) => {
+                match &folded {
+                    Some((_, post_attn_ffn_norm)) => {
                         b.linear(&wo, &lin(&act.att, &act.tmp, 0, e, None, 0));
                         if !decode {
-                            b.norm(Some(&act.tmp), post_attn, &act.x, e, 1, eps, true);
+                            b.post_norm(&act.tmp, post_attn_ffn_norm, &act.x, &act.xn, e, eps);
                         }
                     }
-                    None => b.linear(&wo, &lin(&act.att, &act.x, 0, e, None, ACCUMULATE)),
-                }
-                if !decode {
-                    b.norm(Some(&act.x), &ffn_norm, &act.xn, e, 1, eps, false);
+                    None => {
+                        b.linear(&wo, &lin(&act.att, &act.x, 0, e, None, ACCUMULATE));
+                        if !decode {
+                            b.norm(Some(&act.x), &ffn_norm, &act.xn, e, 1, eps, false);
+                        }
+                    }
                 }
                 let (x, nw, res) = act.normed_input(decode, (&ffn_norm, eps), folded.as_ref().map(|f| &f.1), (&act.x, &act.x_alt));
                 if decode && wgu.len() == 1 && wgu[0].0.parts.len() == 1 {
@@ -799,7 +831,8 @@ impl Transformer {
                 match &post {
                     Some((_, post_ffw)) => {
                         b.linear(&wd, &lin(&act.ff, &act.tmp, 0, e, None, 0));
-                        if !decode {
+                        // Other layers' post-FFN norms run with the next layer's first norm.
+                        if !decode && l + 1 == cfg.n_layer {
                             b.norm(Some(&act.tmp), post_ffw, &act.x, e, 1, eps, true);
                         }
                     }
@@ -1160,7 +1193,7 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
             } else {
                 let tokens = n_tok.div_ceil(MATMUL_TOKENS);
                 let mut tile = 64;
-                while tile > 16 && rows.div_ceil(tile) * tokens < gpu.tuning().matmul_min_workgroups {
+                while tile > 16 && rows.div_ceil(tile) * tokens < gpu.tuning().min_workgroups {
                     tile /= 2;
                 }
                 (Kernel::MatMul(ty, tile), [rows.div_ceil(tile), tokens, 1])

@@ -77,7 +77,7 @@ fn linear_in_gpu_tuning_matches_reference() {
         // several token tiles.
         for min_workgroups in [0, 4, 7, 9, 15, u32::MAX] {
             let mut tiles = pollster::block_on(gloss_engine::Gpu::new()).unwrap();
-            tiles.set_tuning(gloss_engine::Tuning { matmul_min_workgroups: min_workgroups, ..gloss_engine::Tuning::GPU });
+            tiles.set_tuning(gloss_engine::Tuning { min_workgroups: min_workgroups, ..gloss_engine::Tuning::GPU });
             tiles.set_f16(f16);
             for ty in GgmlType::ALL {
                 let k = if ty.block_size() == 256 { 512 } else { 96 };
@@ -121,4 +121,27 @@ fn gpu_sampler_matches_cpu_reference() {
     // Temperature 0 is greedy; with penalties, greedy over the penalized logits.
     let p = Sampling::greedy().params(0.99);
     assert_eq!(pollster::block_on(apply_sampler(&gpu, &logits, &p, &[])).unwrap(), greedy);
+}
+
+/// Prefill attention's tile stages for the workgroup memory an adapter has: the largest that
+/// fit (the fewest barriers per tile), none where a tile cannot fit or a head is not a
+/// multiple of 16 up to 256 wide.
+#[test]
+fn attention_tiles_fit_workgroup_memory() {
+    use gloss_engine::gpu::AttentionTiles;
+    let stages = |hd, bytes| AttentionTiles::fitting(hd, bytes).map(|t| (t.stage_dims, t.stage_keys));
+    // An H100's 48 KiB: whole 64-wide heads in one score stage, a tile's 32 keys in one value stage.
+    assert_eq!(stages(64, 48 << 10), Some((64, 32)));
+    // Gemma's 256-wide heads: four score stages; value stages of 8 keys (4 words per thread).
+    assert_eq!(stages(256, 48 << 10), Some((64, 8)));
+    // lavapipe's 32 KiB, and the families test's 18 KiB (two stages of each kind).
+    assert_eq!(stages(32, 32 << 10), Some((32, 32)));
+    assert_eq!(stages(32, 18 << 10), Some((16, 16)));
+    // WebGPU's guaranteed 16 KiB: 64-wide heads in small stages, 256-wide ones not at all;
+    // nor heads of 72 or 512 (80 is five score stages of 16).
+    assert_eq!(stages(64, 16 << 10), Some((16, 4)));
+    assert_eq!(stages(256, 16 << 10), None);
+    assert_eq!(stages(80, 48 << 10), Some((16, 16)));
+    assert_eq!(stages(72, 48 << 10), None);
+    assert_eq!(stages(512, 48 << 10), None);
 }
