@@ -9,8 +9,8 @@
 // combine, or with one split the normalised output.
 //
 // The engine prepends HD (the head dimension, a multiple of 16, at most 256), DC (head
-// dimensions per score stage, dividing HD) and VK (keys per value stage, dividing BK), sized
-// to the adapter's workgroup memory.
+// dimensions per score stage, dividing HD) and VK (keys per value stage, 4 to 32), sized to
+// the adapter's workgroup memory.
 
 #include attention_common
 
@@ -35,6 +35,15 @@ struct Acc { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32> }
 
 fn acc_add(o: Acc, p: vec4<f32>, v: vec4<f32>) -> Acc {
     return Acc(fma(vec4<f32>(p.x), v, o.a), fma(vec4<f32>(p.y), v, o.b), fma(vec4<f32>(p.z), v, o.c), fma(vec4<f32>(p.w), v, o.d));
+}
+
+// Four keys' probabilities (columns of p) times their values at vs[v], vs[v + HD4], ...
+fn acc_add4(o: Acc, p: mat4x4<f32>, v: u32) -> Acc {
+    let v0 = vs[v];
+    let v1 = vs[v + HD4];
+    let v2 = vs[v + 2u * HD4];
+    let v3 = vs[v + 3u * HD4];
+    return acc_add(acc_add(acc_add(acc_add(o, p[0], v0), p[1], v1), p[2], v2), p[3], v3);
 }
 
 fn acc_scale(o: Acc, f: vec4<f32>) -> Acc {
@@ -198,11 +207,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             workgroupBarrier();
             // The next stage: the next head dimensions, else the tile's first values.
             if (dc + DC < HD) { regs = fetch_scores(b, lid, dc + DC, c, n); } else { regs = fetch_values(b, lid, c, n); }
-            for (var d = 0u; d < DC; d++) {
-                let qv = qs[d * 16u + ty];
-                let kv = ks[d * 17u + tx];
-                s0 = fma(qv, vec4<f32>(kv.x), s0);
-                s1 = fma(qv, vec4<f32>(kv.y), s1);
+            // Four dimensions per iteration, all their loads before any product: a loop that
+            // loads and then uses waits on workgroup memory once per iteration.
+            for (var d = 0u; d < DC; d += 4u) {
+                let q0 = qs[d * 16u + ty];
+                let q1 = qs[(d + 1u) * 16u + ty];
+                let q2 = qs[(d + 2u) * 16u + ty];
+                let q3 = qs[(d + 3u) * 16u + ty];
+                let k0 = ks[d * 17u + tx];
+                let k1 = ks[(d + 1u) * 17u + tx];
+                let k2 = ks[(d + 2u) * 17u + tx];
+                let k3 = ks[(d + 3u) * 17u + tx];
+                s0 = fma(q3, vec4<f32>(k3.x), fma(q2, vec4<f32>(k2.x), fma(q1, vec4<f32>(k1.x), fma(q0, vec4<f32>(k0.x), s0))));
+                s1 = fma(q3, vec4<f32>(k3.y), fma(q2, vec4<f32>(k2.y), fma(q1, vec4<f32>(k1.y), fma(q0, vec4<f32>(k0.y), s1))));
             }
             workgroupBarrier();
         }
@@ -215,7 +232,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         ps[tx * 17u + ty] = max(s0, s1);
         workgroupBarrier();
         var mt = m_run;
-        for (var t = 0u; t < 16u; t++) { mt = max(mt, ps[t * 17u + ty]); }
+        for (var t = ty; t < 16u * 17u; t += 4u * 17u) {
+            mt = max(mt, max(max(ps[t], ps[t + 17u]), max(ps[t + 34u], ps[t + 51u])));
+        }
         workgroupBarrier();
         let corr = exp(m_run - mt);
         m_run = mt;
@@ -239,13 +258,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             } else if (c + BK < hi) {
                 regs = fetch_scores(b, lid, 0u, c + BK, min(BK, hi - c - BK));
             }
-            for (var j = 0u; j < VK; j++) {
-                let p = ps[(vk + j) * 17u + ty];
-                o0 = acc_add(o0, p, vs[j * HD4 + vc0]);
-                if (OM > 1u) { o1 = acc_add(o1, p, vs[j * HD4 + vc1]); }
+            // Four keys per iteration, loads first (as above).
+            for (var j = 0u; j < VK; j += 4u) {
+                let r = (vk + j) * 17u + ty;
+                let p = mat4x4<f32>(ps[r], ps[r + 17u], ps[r + 34u], ps[r + 51u]);
+                o0 = acc_add4(o0, p, j * HD4 + vc0);
+                if (OM > 1u) { o1 = acc_add4(o1, p, j * HD4 + vc1); }
                 if (OM > 2u) {
-                    o2 = acc_add(o2, p, vs[j * HD4 + vc2]);
-                    o3 = acc_add(o3, p, vs[j * HD4 + vc3]);
+                    o2 = acc_add4(o2, p, j * HD4 + vc2);
+                    o3 = acc_add4(o3, p, j * HD4 + vc3);
                 }
             }
             workgroupBarrier();
@@ -257,7 +278,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     ps[tx * 17u + ty] = l;
     workgroupBarrier();
     var sum = vec4<f32>(0.0);
-    for (var t = 0u; t < 16u; t++) { sum += ps[t * 17u + ty]; }
+    for (var t = ty; t < 16u * 17u; t += 4u * 17u) { sum += ps[t] + ps[t + 17u] + ps[t + 34u] + ps[t + 51u]; }
     let whole = step.splits == 1u;
     for (var i = 0u; i < 4u; i++) {
         let g = 4u * ty + i;

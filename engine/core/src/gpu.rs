@@ -95,7 +95,7 @@ impl AttentionTiles {
         // qs, ks, ps and vs of the kernel.
         let size = |dc: u32, vk: u32| 256 * dc + 136 * dc + 32 * 17 * 16 + vk * head_dim * 4;
         let dims = [64, 32, 16].into_iter().filter(|dc| head_dim % dc == 0);
-        dims.flat_map(|dc| [32, 16, 8, 4, 2].into_iter().map(move |vk| (dc, vk)))
+        dims.flat_map(|dc| [32, 16, 8, 4].into_iter().map(move |vk| (dc, vk)))
             .find(|&(dc, vk)| vk * head_dim <= 2048 && size(dc, vk) <= bytes)
             .map(|(stage_dims, stage_keys)| AttentionTiles { head_dim, stage_dims, stage_keys })
     }
