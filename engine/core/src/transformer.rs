@@ -743,10 +743,6 @@ impl Transformer {
             } else {
                 None
             };
-            let post = match &post_v {
-                Some((a, f)) => Some((upload(&n("post_attention_norm.weight"), a)?, upload(&n("post_ffw_norm.weight"), f)?)),
-                None => None,
-            };
             let k_cache = g.storage("k_cache", kv_words)?;
             let v_cache = g.storage("v_cache", kv_words)?;
             kv_bytes += 2 * kv_words;
@@ -768,10 +764,13 @@ impl Transformer {
                 }
                 None => None,
             };
-            prev_post_ffw = post_v.map(|p| p.1);
+            // Every post-norm but the last layer's post-FFN one folds into what follows it.
             if l + 1 == cfg.n_layer {
-                last_post_ffw = post.as_ref().map(|p| p.1.clone());
+                if let Some((_, f)) = &post_v {
+                    last_post_ffw = Some(upload(&n("post_ffw_norm.weight"), f)?);
+                }
             }
+            prev_post_ffw = post_v.map(|p| p.1);
 
             for (b, decode) in [(&mut pre, false), (&mut dec, true)] {
                 // Decode normalises inside the matvecs; prefill writes xn once for all of them.
@@ -828,12 +827,12 @@ impl Transformer {
                     }
                     b.op(Kernel::Glu, &[&act.gu, &act.ff, &glu_params, &step], Grid::Elems(cfg.n_ff as u32));
                 }
-                match &post {
-                    Some((_, post_ffw)) => {
+                match &folded {
+                    Some(_) => {
                         b.linear(&wd, &lin(&act.ff, &act.tmp, 0, e, None, 0));
                         // Other layers' post-FFN norms run with the next layer's first norm.
-                        if !decode && l + 1 == cfg.n_layer {
-                            b.norm(Some(&act.tmp), post_ffw, &act.x, e, 1, eps, true);
+                        if let (false, Some(w)) = (decode, &last_post_ffw) {
+                            b.norm(Some(&act.tmp), w, &act.x, e, 1, eps, true);
                         }
                     }
                     None => b.linear(&wd, &lin(&act.ff, &act.x, 0, e, None, ACCUMULATE)),
