@@ -3,10 +3,11 @@
 // split in tiles of BK = 32 keys. Each thread owns 4 queries x 2 keys of a tile's scores and
 // 4 queries x 4*OM dimensions of the output, in registers; queries, keys and values pass
 // through workgroup memory in stages (each stage's loads issued before the stage before it
-// computes), and the probabilities go from the score owners to the output owners through it. Per tile that is a few barriers for 64 x 32 pairs, where
-// attention.wgsl's `partial` spends four on at most 8 queries. Results are the same as
-// `partial`'s: per (token, head, split) unnormalised sums with their max and sum for the
-// combine, or with one split the normalised output.
+// computes), and the probabilities go from the score owners to the output owners through
+// it. Per tile that is a few barriers for 64 x 32 pairs, where attention.wgsl's `partial`
+// spends four on at most 8 queries. Results are the same as `partial`'s: per (token, head,
+// split) unnormalised sums with their max and sum for the combine, or with one split the
+// normalised output.
 //
 // The engine prepends HD (the head dimension, a multiple of 16, at most 256), DC (head
 // dimensions per score stage, dividing HD) and VK (keys per value stage, 4 to 32), sized to
