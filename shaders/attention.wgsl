@@ -128,19 +128,17 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     local_id = lid;
     let split = wid.y;
     let hd = ap.head_dim;
-    let h0 = wid.x * ap.heads;
-    let t0 = wid.z * ap.tokens;
-    // Block queries past the step's last token stay idle (no keys, nothing written).
-    let members = ap.heads * min(ap.tokens, step.n_tok - t0);
+    let b = block(wid);
+    let h0 = b.h0;
+    let t0 = b.t0;
+    let members = b.members;
+    let lo = b.lo;
+    let hi = b.hi;
+    let kv_words = b.kv_words;
+    let head_words = b.head_words;
     let group = ap.n_head / ap.n_kv;
     let kvh = h0 / group;
-    let kv_words = ap.n_kv * hd / 2u;
-    let head_words = kvh * hd / 2u;
-    // Keys lo..hi-1: the block's, within this split; each query masks its own.
     let pos = step.pos0 + t0;
-    let pos_last = step.pos0 + member(members - 1u, h0, t0).y;
-    let lo = max(first_key(pos), split * step.chunk);
-    let hi = min(pos_last + 1u, (split + 1u) * step.chunk);
 
     let qb = t0 * ap.q_stride + h0 * hd;
     let fused = (ap.flags & 1u) != 0u;

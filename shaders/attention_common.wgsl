@@ -43,3 +43,19 @@ fn first_key(pos: u32) -> u32 {
     if (ap.window > 0u && pos + 1u > ap.window) { return pos + 1u - ap.window; }
     return 0u;
 }
+
+// A workgroup's block: its first query head and token; its live queries (those past the
+// step's last token stay idle: no keys, nothing written); the keys lo..hi-1 it attends to in
+// its key split (wid.y; each query masks its own); and where its kv head's words start in a
+// cache row of kv_words.
+struct Block { h0: u32, t0: u32, members: u32, lo: u32, hi: u32, head_words: u32, kv_words: u32 }
+
+fn block(wid: vec3<u32>) -> Block {
+    let h0 = wid.x * ap.heads;
+    let t0 = wid.z * ap.tokens;
+    let members = ap.heads * min(ap.tokens, step.n_tok - t0);
+    let lo = max(first_key(step.pos0 + t0), wid.y * step.chunk);
+    let hi = min(step.pos0 + member(members - 1u, h0, t0).y + 1u, (wid.y + 1u) * step.chunk);
+    let half = ap.head_dim / 2u;
+    return Block(h0, t0, members, lo, hi, h0 / (ap.n_head / ap.n_kv) * half, ap.n_kv * half);
+}

@@ -56,9 +56,6 @@ fn acc_row(o: Acc, i: u32) -> vec4<f32> {
     return select(select(select(o.d, o.c, i == 2u), o.b, i == 1u), o.a, i == 0u);
 }
 
-// The block: its first head and token, live queries, and kv head's first word in a cache row.
-struct Block { h0: u32, t0: u32, members: u32, head_words: u32, kv_words: u32 }
-
 // Query group e of a score stage (query e % BQ, dimensions dc + 4 (e / BQ) ..+3), scaled;
 // past the block's live queries, the last one again (its scores are never written).
 fn q_group(b: Block, e: u32, dc: u32) -> vec4<f32> {
@@ -170,18 +167,12 @@ fn store_values(lid: u32, r: Regs) {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tx = lid % 16u;
     let ty = lid / 16u;
-    let h0 = wid.x * ap.heads;
-    let t0 = wid.z * ap.tokens;
-    let members = ap.heads * min(ap.tokens, step.n_tok - t0);
-    let kv_words = ap.n_kv * HD / 2u;
-    let b = Block(h0, t0, members, h0 / (ap.n_head / ap.n_kv) * HD / 2u, kv_words);
-    let lo = max(first_key(step.pos0 + t0), wid.y * step.chunk);
-    let hi = min(step.pos0 + member(members - 1u, h0, t0).y + 1u, (wid.y + 1u) * step.chunk);
+    let b = block(wid);
     // This thread's queries' positions and first keys.
     var last = vec4<u32>(0u);
     var first = vec4<u32>(0u);
     for (var i = 0u; i < 4u; i++) {
-        let p = step.pos0 + member(min(4u * ty + i, members - 1u), h0, t0).y;
+        let p = step.pos0 + member(min(4u * ty + i, b.members - 1u), b.h0, b.t0).y;
         last[i] = p;
         first[i] = first_key(p);
     }
@@ -198,9 +189,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let vc2 = min(tx + 32u, HD4 - 1u);
     let vc3 = min(tx + 48u, HD4 - 1u);
     var regs: Regs;
-    if (lo < hi) { regs = fetch_scores(b, lid, 0u, lo, min(BK, hi - lo)); }
-    for (var c = lo; c < hi; c += BK) {
-        let n = min(BK, hi - c);
+    if (b.lo < b.hi) { regs = fetch_scores(b, lid, 0u, b.lo, min(BK, b.hi - b.lo)); }
+    for (var c = b.lo; c < b.hi; c += BK) {
+        let n = min(BK, b.hi - c);
         var s0 = vec4<f32>(0.0);
         var s1 = vec4<f32>(0.0);
         for (var dc = 0u; dc < HD; dc += DC) {
@@ -256,8 +247,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             // The next stage: the tile's next values, else the next tile's first scores.
             if (vk + VK < n) {
                 regs = fetch_values(b, lid, c + vk + VK, n - vk - VK);
-            } else if (c + BK < hi) {
-                regs = fetch_scores(b, lid, 0u, c + BK, min(BK, hi - c - BK));
+            } else if (c + BK < b.hi) {
+                regs = fetch_scores(b, lid, 0u, c + BK, min(BK, b.hi - c - BK));
             }
             // Four keys per iteration, loads first (as above).
             for (var j = 0u; j < VK; j += 4u) {
@@ -283,8 +274,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let whole = step.splits == 1u;
     for (var i = 0u; i < 4u; i++) {
         let g = 4u * ty + i;
-        if (g < members) {
-            let m = member(g, h0, t0);
+        if (g < b.members) {
+            let m = member(g, b.h0, b.t0);
             let ob = (m.y * ap.n_head + m.x) * HD;
             let pb = ((m.y * ap.n_head + m.x) * step.splits + wid.y) * (HD + 2u);
             let f = select(1.0, 1.0 / sum[i], whole);

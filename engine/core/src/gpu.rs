@@ -87,9 +87,10 @@ pub struct AttentionTiles {
 impl AttentionTiles {
     /// The largest stages that fit `bytes` of workgroup memory (fewer stages, fewer
     /// barriers), with at most four value words per thread; `None` for heads the kernel does
-    /// not take (not a multiple of 16, or wider than 256) or too little memory.
+    /// not take (wider than 256, or not a multiple of 16: no score stage divides them) or too
+    /// little memory.
     pub fn fitting(head_dim: u32, bytes: u32) -> Option<AttentionTiles> {
-        if head_dim % 16 != 0 || head_dim > 256 {
+        if head_dim > 256 {
             return None;
         }
         // qs, ks, ps and vs of the kernel.

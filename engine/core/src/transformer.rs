@@ -925,9 +925,9 @@ impl Transformer {
 
     /// The op lists that run `n_tok` tokens and then `logits`.
     fn plan(&self, n_tok: usize, logits: Logits) -> [&[Op]; 2] {
-        // One token runs the decode list, except for all logits: decode may leave the
-        // residual unfinished in x (Gemma's last post-norm goes into its head), which
-        // `head_all` reads.
+        // One token runs the decode list, except for all logits: decode leaves the residual
+        // unfinished in x (Gemma's last post-norm runs in `head_decode`), and `head_all`
+        // reads x.
         let decode = n_tok == 1 && logits != Logits::All;
         let body = if decode { &self.body_decode } else { &self.body_prefill };
         let head: &[Op] = match logits {
