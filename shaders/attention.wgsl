@@ -54,19 +54,23 @@ fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
         }
     }
     if ((ap.flags & 4u) != 0u) {
+        // Sums of squares in two rounds (16 partial sums of 16, then their total), not a
+        // tree of eight barriers.
         red[lid] = select(0.0, qs[lid] * qs[lid], lid < hd);
         red[WG + lid] = select(0.0, kc[lid] * kc[lid], own && lid < hd);
         workgroupBarrier();
-        for (var k = WG / 2u; k > 0u; k >>= 1u) {
-            if (lid < k) {
-                red[lid] += red[lid + k];
-                red[WG + lid] += red[WG + lid + k];
-            }
-            workgroupBarrier();
+        if (lid < 32u) {
+            let b = (lid / 16u) * WG + (lid % 16u) * 16u;
+            var p = 0.0;
+            for (var i = 0u; i < 16u; i++) { p += red[b + i]; }
+            red[2u * WG + lid] = p;
         }
+        workgroupBarrier();
         if (lid < hd) {
-            qs[lid] *= inverseSqrt(red[0] / f32(hd) + ap.eps) * norm_w[lid];
-            if (own) { kc[lid] *= inverseSqrt(red[WG] / f32(hd) + ap.eps) * norm_w[hd + lid]; }
+            var sq = vec2<f32>(0.0);
+            for (var i = 0u; i < 16u; i++) { sq += vec2<f32>(red[2u * WG + i], red[2u * WG + 16u + i]); }
+            qs[lid] *= inverseSqrt(sq.x / f32(hd) + ap.eps) * norm_w[lid];
+            if (own) { kc[lid] *= inverseSqrt(sq.y / f32(hd) + ap.eps) * norm_w[hd + lid]; }
         }
     }
     workgroupBarrier();
@@ -186,12 +190,25 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         for (var g = 0u; g < HEADS; g++) { s[g] = 0.0; }
         let kb = (c + min(key, n - 1u)) * kv_words + head_words;
         let from_kc = own && c + min(key, n - 1u) == pos;
-        // This thread's first four values of the tile, loaded with the keys: they do not
-        // depend on the probabilities, so the tile waits for memory once, not twice.
-        var v0 = value_word(c, ks, n, own, pos, kv_words, head_words + vw, vw);
-        var v1 = value_word(c, ks + slices, n, own, pos, kv_words, head_words + vw, vw);
-        var v2 = value_word(c, ks + 2u * slices, n, own, pos, kv_words, head_words + vw, vw);
-        var v3 = value_word(c, ks + 3u * slices, n, own, pos, kv_words, head_words + vw, vw);
+        // This thread's first eight values of the tile (four where heads are at most 64 wide,
+        // which have no more), loaded with the keys: they do not depend on the probabilities,
+        // so the tile waits for memory once, not twice.
+        let vb = head_words + vw;
+        let eight = 4u * slices < TILE;
+        var v0 = value_word(c, ks, n, own, pos, kv_words, vb, vw);
+        var v1 = value_word(c, ks + slices, n, own, pos, kv_words, vb, vw);
+        var v2 = value_word(c, ks + 2u * slices, n, own, pos, kv_words, vb, vw);
+        var v3 = value_word(c, ks + 3u * slices, n, own, pos, kv_words, vb, vw);
+        var v4 = vec2<f32>(0.0);
+        var v5 = vec2<f32>(0.0);
+        var v6 = vec2<f32>(0.0);
+        var v7 = vec2<f32>(0.0);
+        if (eight) {
+            v4 = value_word(c, ks + 4u * slices, n, own, pos, kv_words, vb, vw);
+            v5 = value_word(c, ks + 5u * slices, n, own, pos, kv_words, vb, vw);
+            v6 = value_word(c, ks + 6u * slices, n, own, pos, kv_words, vb, vw);
+            v7 = value_word(c, ks + 7u * slices, n, own, pos, kv_words, vb, vw);
+        }
         // Eight words per iteration, loaded before any is used: one memory round trip per
         // iteration (one in all for heads up to 128 wide). Named, not an array: drivers may
         // put an indexed private array in local memory.
@@ -255,20 +272,26 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             for (var g = 0u; g < HEADS; g++) {
                 if (g < members) { acc[g] *= corr[g]; }
             }
-            // Four keys per iteration, the next four loaded before any is used (wide heads
-            // have more than four per thread). Keys past n have p = 0 and read a valid row
-            // instead of branching.
-            for (var jj = ks; jj < TILE; jj += 4u * slices) {
+            // Eight keys per iteration, the next eight loaded before any is used (heads wider
+            // than 128 have more than eight per thread). Keys past n have p = 0 and read a
+            // valid row instead of branching.
+            for (var jj = ks; jj < TILE; jj += 8u * slices) {
                 if (jj > ks) {
-                    v0 = value_word(c, jj, n, own, pos, kv_words, head_words + vw, vw);
-                    v1 = value_word(c, jj + slices, n, own, pos, kv_words, head_words + vw, vw);
-                    v2 = value_word(c, jj + 2u * slices, n, own, pos, kv_words, head_words + vw, vw);
-                    v3 = value_word(c, jj + 3u * slices, n, own, pos, kv_words, head_words + vw, vw);
+                    v0 = value_word(c, jj, n, own, pos, kv_words, vb, vw);
+                    v1 = value_word(c, jj + slices, n, own, pos, kv_words, vb, vw);
+                    v2 = value_word(c, jj + 2u * slices, n, own, pos, kv_words, vb, vw);
+                    v3 = value_word(c, jj + 3u * slices, n, own, pos, kv_words, vb, vw);
+                    v4 = value_word(c, jj + 4u * slices, n, own, pos, kv_words, vb, vw);
+                    v5 = value_word(c, jj + 5u * slices, n, own, pos, kv_words, vb, vw);
+                    v6 = value_word(c, jj + 6u * slices, n, own, pos, kv_words, vb, vw);
+                    v7 = value_word(c, jj + 7u * slices, n, own, pos, kv_words, vb, vw);
                 }
                 for (var g = 0u; g < HEADS; g++) {
                     if (g < members) {
                         acc[g] += prob(g, jj) * v0 + prob(g, jj + slices) * v1 + prob(g, jj + 2u * slices) * v2
-                            + prob(g, jj + 3u * slices) * v3;
+                            + prob(g, jj + 3u * slices) * v3 + prob(g, jj + 4u * slices) * v4
+                            + prob(g, jj + 5u * slices) * v5 + prob(g, jj + 6u * slices) * v6
+                            + prob(g, jj + 7u * slices) * v7;
                     }
                 }
             }

@@ -1,8 +1,8 @@
 // Sum of a matvec row's LANES partial results through workgroup memory (adapters without
 // subgroups). Every invocation of the workgroup must call it; lane 0 gets the row's total.
-var<workgroup> partial: array<vec3<f32>, 256>;
+var<workgroup> partial: array<vec4<f32>, 256>;
 
-fn reduce_row(v: vec3<f32>, lid: u32, lane: u32) -> vec3<f32> {
+fn reduce_row(v: vec4<f32>, lid: u32, lane: u32) -> vec4<f32> {
     if (LANES == 1u) { return v; }
     partial[lid] = v;
     workgroupBarrier();

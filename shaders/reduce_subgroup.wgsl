@@ -4,16 +4,18 @@
 // rows wider than that add their blocks' sums through workgroup memory. Every invocation
 // of the workgroup must call it; lane 0 gets the row's total.
 override SG_MIN: u32 = 32u;
-var<workgroup> partial: array<vec3<f32>, 256>;
+var<workgroup> partial: array<vec4<f32>, 256>;
 
-fn reduce_row(v: vec3<f32>, lid: u32, lane: u32) -> vec3<f32> {
+fn reduce_row(v: vec4<f32>, lid: u32, lane: u32) -> vec4<f32> {
     var s = v;
     let within = min(LANES, SG_MIN);
     for (var o = 1u; o < within; o <<= 1u) { s += subgroupShuffleXor(s, o); }
     if (within == LANES) { return s; }
+    // A previous call's readers may not be done with `partial`.
+    workgroupBarrier();
     partial[lid] = s;
     workgroupBarrier();
-    var total = vec3<f32>(0.0);
+    var total = vec4<f32>(0.0);
     for (var b = 0u; b < LANES; b += within) { total += partial[lid - lane + b]; }
     return total;
 }

@@ -18,8 +18,9 @@ pub enum Bind {
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Kernel {
-    /// Matrix x vector with this many threads per row.
-    MatVec(GgmlType, u32),
+    /// Matrix x vector with this many threads per row, each group of them taking this many
+    /// rows: 1, or MATVEC_MANY_ROWS (matvec.wgsl's `many`, for bandwidth-bound matrices).
+    MatVec(GgmlType, u32, u32),
     /// The tiled prefill matmul, with tiles of this many rows.
     MatMul(GgmlType, u32),
     /// The prefill matmul without workgroup tiles, for CPU adapters.
@@ -141,7 +142,8 @@ impl Kernel {
             format!("{}\n#include quant\nfn load4(r: u32, k: u32) -> vec4<f32> {{ return {f}(r, k); }}\n", body)
         };
         let (src, entry) = match self {
-            Kernel::MatVec(t, _) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
+            Kernel::MatVec(t, _, 1) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
+            Kernel::MatVec(t, _, _) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "many"),
             Kernel::MatMul(t, rows) => (quant(&matmul(f16, rows), t), "main"),
             Kernel::MatMulRows(t) => (quant(&matmul(false, 64), t), "rows"),
             Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
@@ -209,6 +211,9 @@ pub struct Tuning {
 }
 
 const NVIDIA: u32 = 0x10de;
+
+/// Rows per group of lanes in matvec.wgsl's `many`.
+pub const MATVEC_MANY_ROWS: u32 = 8;
 
 impl Tuning {
     pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, min_workgroups: 128, attention_tile_bytes: u32::MAX, whole_attention_keys: 0 };
@@ -468,10 +473,10 @@ impl Gpu {
     /// Pipeline-overridable constants tuned to the adapter.
     fn overrides(&self, kernel: Kernel) -> Vec<(&'static str, f64)> {
         match kernel {
-            Kernel::MatVec(_, lanes) if self.summary.subgroups => {
+            Kernel::MatVec(_, lanes, _) if self.summary.subgroups => {
                 vec![("LANES", lanes as f64), ("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
             }
-            Kernel::MatVec(_, lanes) => vec![("LANES", lanes as f64)],
+            Kernel::MatVec(_, lanes, _) => vec![("LANES", lanes as f64)],
             _ => Vec::new(),
         }
     }
@@ -487,6 +492,13 @@ impl Gpu {
             lanes *= 2;
         }
         lanes
+    }
+
+    /// Rows each group of `lanes` threads takes (matvec.wgsl's `many`): 1 where the matrix
+    /// is latency-bound; for a bandwidth-bound one (more than 4096 workgroups of one row per
+    /// group), enough that every x value is loaded and normalised once for several rows.
+    pub fn matvec_group_rows(&self, rows: usize, lanes: u32) -> u32 {
+        if lanes > 1 && rows.div_ceil(256 / lanes as usize) > 4096 { MATVEC_MANY_ROWS } else { 1 }
     }
 
     pub fn tuning(&self) -> Tuning {

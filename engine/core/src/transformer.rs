@@ -272,7 +272,7 @@ enum Grid {
     /// `n` elements per token, 256 per workgroup.
     Elems(u32),
     /// A linear layer: matvec for one token, a matmul for more.
-    Linear { rows: u32, last_only: bool, ty: GgmlType, lanes: u32 },
+    Linear { rows: u32, last_only: bool, ty: GgmlType, lanes: u32, group_rows: u32 },
     /// Attention's (blocks of query heads, key splits, blocks of `tokens` tokens).
     Attention { blocks: u32, tokens: u32 },
     /// Merges the key splits, x workgroups per token; nothing to do with one split.
@@ -450,6 +450,7 @@ impl Builder<'_> {
             flags |= if at.post.is_some() { POST } else { 0 };
             let rows = if glu { p.rows / 2 } else { p.rows };
             let lanes = self.gpu.matvec_lanes(m.k, rows as usize);
+            let group_rows = if flags & (GLU | POST) == 0 { self.gpu.matvec_group_rows(rows as usize, lanes) } else { 1 };
             let params = self.gpu.uniform(
                 "wparams",
                 &WParams {
@@ -463,7 +464,7 @@ impl Builder<'_> {
                     _p: 0,
                 },
             );
-            let kernel = Kernel::MatVec(m.ty, lanes);
+            let kernel = Kernel::MatVec(m.ty, lanes, group_rows);
             let (res_in, res_out) = at.post.unwrap_or((self.dummy, self.dummy_out));
             let bind = [&p.buffer, at.x, at.y, at.bias.unwrap_or(self.dummy), &params, self.step, at.norm.map_or(self.dummy, |n| n.0), res_in, res_out];
             let bg = self.gpu.bind_group(kernel, &bind);
@@ -478,7 +479,7 @@ impl Builder<'_> {
                 label: format!("Linear({:?}) {fused}{}{glu_name}", m.ty, role(&m.name)),
                 kernel,
                 bind_group: bg,
-                grid: Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes },
+                grid: Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes, group_rows },
             });
         }
     }
@@ -1182,11 +1183,11 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
             let wgs = (n * n_tok).div_ceil(256);
             (op.kernel, [wgs.min(65535), wgs.div_ceil(65535), 1])
         }
-        Grid::Linear { rows, last_only, ty, lanes } => {
+        Grid::Linear { rows, last_only, ty, lanes, group_rows } => {
             if last_only || n_tok == 1 {
                 // One token, so y continues x past 65535 workgroups (matvec.wgsl).
-                let wgs = rows.div_ceil(256 / lanes);
-                (Kernel::MatVec(ty, lanes), [wgs.min(65535), wgs.div_ceil(65535), 1])
+                let wgs = rows.div_ceil(256 / lanes * group_rows);
+                (Kernel::MatVec(ty, lanes, group_rows), [wgs.min(65535), wgs.div_ceil(65535), 1])
             } else if gpu.tuning().matmul_by_rows {
                 (Kernel::MatMulRows(ty), [rows.div_ceil(ROW_WORKGROUP), n_tok.div_ceil(ROW_TOKENS), 1])
             } else {

@@ -86,7 +86,8 @@ fn linear_in_gpu_tuning_matches_reference() {
                 }
             }
         }
-        // More matvec workgroups than one grid dimension holds (8 rows each): y continues x.
+        // A bandwidth-bound matvec (more than 4096 workgroups at one row per 32 lanes): each
+        // group of lanes takes 8 rows (matvec.wgsl's `many`), the last group only part.
         if !f16 {
             check_linear(&gpu, GgmlType::Q4_0, 8 * 65535 + 24, 96, 1, 3, tol);
         }
