@@ -127,6 +127,33 @@ fn prob(g: u32, j: u32) -> f32 {
     return select(0.0, pr[g * TILE + min(j, TILE - 1u)], j < TILE);
 }
 
+// A thread's value words of tile keys j, j + slices, ..., j + 7 slices. Named, not an array
+// (see the header).
+struct Values8 { v0: vec2<f32>, v1: vec2<f32>, v2: vec2<f32>, v3: vec2<f32>, v4: vec2<f32>, v5: vec2<f32>, v6: vec2<f32>, v7: vec2<f32> }
+
+// Those words, all loaded before any is used (value_word's arguments for the tile, j and
+// slices). The last four only where a thread has more than four keys of the tile (heads
+// wider than 64); else zero, with probability zero.
+fn values8(c: u32, j: u32, slices: u32, n: u32, own: bool, pos: u32, kv_words: u32, word: u32, vw: u32) -> Values8 {
+    var v = Values8(value_word(c, j, n, own, pos, kv_words, word, vw), value_word(c, j + slices, n, own, pos, kv_words, word, vw),
+                    value_word(c, j + 2u * slices, n, own, pos, kv_words, word, vw), value_word(c, j + 3u * slices, n, own, pos, kv_words, word, vw),
+                    vec2<f32>(0.0), vec2<f32>(0.0), vec2<f32>(0.0), vec2<f32>(0.0));
+    if (4u * slices < TILE) {
+        v.v4 = value_word(c, j + 4u * slices, n, own, pos, kv_words, word, vw);
+        v.v5 = value_word(c, j + 5u * slices, n, own, pos, kv_words, word, vw);
+        v.v6 = value_word(c, j + 6u * slices, n, own, pos, kv_words, word, vw);
+        v.v7 = value_word(c, j + 7u * slices, n, own, pos, kv_words, word, vw);
+    }
+    return v;
+}
+
+// Block query g's share of those values: each weighted by its key's probability.
+fn weigh8(g: u32, j: u32, slices: u32, v: Values8) -> vec2<f32> {
+    return prob(g, j) * v.v0 + prob(g, j + slices) * v.v1 + prob(g, j + 2u * slices) * v.v2 + prob(g, j + 3u * slices) * v.v3
+        + prob(g, j + 4u * slices) * v.v4 + prob(g, j + 5u * slices) * v.v5 + prob(g, j + 6u * slices) * v.v6
+        + prob(g, j + 7u * slices) * v.v7;
+}
+
 @compute @workgroup_size(256)
 fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     local_id = lid;
@@ -190,25 +217,10 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         for (var g = 0u; g < HEADS; g++) { s[g] = 0.0; }
         let kb = (c + min(key, n - 1u)) * kv_words + head_words;
         let from_kc = own && c + min(key, n - 1u) == pos;
-        // This thread's first eight values of the tile (four where heads are at most 64 wide,
-        // which have no more), loaded with the keys: they do not depend on the probabilities,
-        // so the tile waits for memory once, not twice.
+        // This thread's first eight values of the tile, loaded with the keys: they do not
+        // depend on the probabilities, so the tile waits for memory once, not twice.
         let vb = head_words + vw;
-        let eight = 4u * slices < TILE;
-        var v0 = value_word(c, ks, n, own, pos, kv_words, vb, vw);
-        var v1 = value_word(c, ks + slices, n, own, pos, kv_words, vb, vw);
-        var v2 = value_word(c, ks + 2u * slices, n, own, pos, kv_words, vb, vw);
-        var v3 = value_word(c, ks + 3u * slices, n, own, pos, kv_words, vb, vw);
-        var v4 = vec2<f32>(0.0);
-        var v5 = vec2<f32>(0.0);
-        var v6 = vec2<f32>(0.0);
-        var v7 = vec2<f32>(0.0);
-        if (eight) {
-            v4 = value_word(c, ks + 4u * slices, n, own, pos, kv_words, vb, vw);
-            v5 = value_word(c, ks + 5u * slices, n, own, pos, kv_words, vb, vw);
-            v6 = value_word(c, ks + 6u * slices, n, own, pos, kv_words, vb, vw);
-            v7 = value_word(c, ks + 7u * slices, n, own, pos, kv_words, vb, vw);
-        }
+        var vals = values8(c, ks, slices, n, own, pos, kv_words, vb, vw);
         // Eight words per iteration, loaded before any is used: one memory round trip per
         // iteration (one in all for heads up to 128 wide). Named, not an array: drivers may
         // put an indexed private array in local memory.
@@ -276,23 +288,9 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             // than 128 have more than eight per thread). Keys past n have p = 0 and read a
             // valid row instead of branching.
             for (var jj = ks; jj < TILE; jj += 8u * slices) {
-                if (jj > ks) {
-                    v0 = value_word(c, jj, n, own, pos, kv_words, vb, vw);
-                    v1 = value_word(c, jj + slices, n, own, pos, kv_words, vb, vw);
-                    v2 = value_word(c, jj + 2u * slices, n, own, pos, kv_words, vb, vw);
-                    v3 = value_word(c, jj + 3u * slices, n, own, pos, kv_words, vb, vw);
-                    v4 = value_word(c, jj + 4u * slices, n, own, pos, kv_words, vb, vw);
-                    v5 = value_word(c, jj + 5u * slices, n, own, pos, kv_words, vb, vw);
-                    v6 = value_word(c, jj + 6u * slices, n, own, pos, kv_words, vb, vw);
-                    v7 = value_word(c, jj + 7u * slices, n, own, pos, kv_words, vb, vw);
-                }
+                if (jj > ks) { vals = values8(c, jj, slices, n, own, pos, kv_words, vb, vw); }
                 for (var g = 0u; g < HEADS; g++) {
-                    if (g < members) {
-                        acc[g] += prob(g, jj) * v0 + prob(g, jj + slices) * v1 + prob(g, jj + 2u * slices) * v2
-                            + prob(g, jj + 3u * slices) * v3 + prob(g, jj + 4u * slices) * v4
-                            + prob(g, jj + 5u * slices) * v5 + prob(g, jj + 6u * slices) * v6
-                            + prob(g, jj + 7u * slices) * v7;
-                    }
+                    if (g < members) { acc[g] += weigh8(g, jj, slices, vals); }
                 }
             }
         }

@@ -77,6 +77,20 @@ fn inverse_rms(xb: u32, n4: u32, lid: u32) -> f32 {
 
 #include activation
 
+// The token whose row of x this dispatch reads: the step's last with flag 4, else the first.
+fn token() -> u32 {
+    if ((wp.flags & 4u) != 0u) { return step.n_tok - 1u; }
+    return 0u;
+}
+
+// Output row o's value v, plus its bias and y's old value where the flags ask.
+fn write_row(o: u32, v: f32) {
+    var out = v;
+    if ((wp.flags & 2u) != 0u) { out += bias[o]; }
+    if ((wp.flags & 1u) != 0u) { out += y[o]; }
+    y[o] = out;
+}
+
 // Row r's weights at columns 4g..4g+3, and with GLU its up row's. Groups past the row's
 // end (g >= n4) read the last group again, so callers need no branch that would keep their
 // loads apart.
@@ -126,13 +140,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // past its 65535 workgroups.
     let wg = wid.x + wid.y * 65535u;
     let r = wg * ROWS_PER_WG + row_in_wg;
-    var t = 0u;
-    if ((wp.flags & 4u) != 0u) { t = step.n_tok - 1u; }
     let norm = (wp.flags & 8u) != 0u;
     let glu = (wp.flags & 16u) != 0u;
     let post = (wp.flags & 32u) != 0u;
     let n4 = wp.k / 4u;
-    let xb = t * n4;
+    let xb = token() * n4;
     // The first four groups' weights go out before POST's sum of squares, whose barriers
     // would hold them back. (Rows past the end load the last row and write nothing.)
     let rr = min(r, wp.rows - 1u);
@@ -159,9 +171,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let o = wp.out_offset + r;
         var v = acc.x;
         if (glu) { v = activation(v, wp.flags >> 8u) * acc.y; }
-        if ((wp.flags & 2u) != 0u) { v += bias[o]; }
-        if ((wp.flags & 1u) != 0u) { v += y[o]; }
-        y[o] = v;
+        write_row(o, v);
     }
 }
 
@@ -185,11 +195,9 @@ fn many(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let lane = lid % LANES;
     let wg = wid.x + wid.y * 65535u;
     let r0 = (wg * ROWS_PER_WG + lid / LANES) * 8u;
-    var t = 0u;
-    if ((wp.flags & 4u) != 0u) { t = step.n_tok - 1u; }
     let norm = (wp.flags & 8u) != 0u;
     let n4 = wp.k / 4u;
-    let xb = t * n4;
+    let xb = token() * n4;
     var lo = vec4<f32>(0.0);
     var hi = vec4<f32>(0.0);
     var ss = 0.0;
@@ -200,21 +208,19 @@ fn many(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         lo += a[0];
         hi += a[1];
     }
+    // Barriers between the reductions, which share their workgroup memory.
     lo = reduce_row(lo, lid, lane);
+    workgroupBarrier();
     hi = reduce_row(hi, lid, lane);
     if (norm) {
+        workgroupBarrier();
         let inv = inverseSqrt(reduce_row(vec4<f32>(ss, 0.0, 0.0, 0.0), lid, lane).x / f32(wp.k) + wp.eps);
         lo *= inv;
         hi *= inv;
     }
     if (lane == 0u) {
         for (var i = 0u; i < 8u && r0 + i < wp.rows; i++) {
-            let o = wp.out_offset + r0 + i;
-            var v = lo[i % 4u];
-            if (i >= 4u) { v = hi[i % 4u]; }
-            if ((wp.flags & 2u) != 0u) { v += bias[o]; }
-            if ((wp.flags & 1u) != 0u) { v += y[o]; }
-            y[o] = v;
+            write_row(wp.out_offset + r0 + i, select(hi[i % 4u], lo[i % 4u], i < 4u));
         }
     }
 }

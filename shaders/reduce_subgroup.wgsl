@@ -2,7 +2,8 @@
 // subgroup holds the whole row (SG_MIN >= LANES, e.g. 32 on NVIDIA). Subgroups are blocks
 // of consecutive invocations at least SG_MIN long, so lanes lid ^ o (o < SG_MIN) share one;
 // rows wider than that add their blocks' sums through workgroup memory. Every invocation
-// of the workgroup must call it; lane 0 gets the row's total.
+// of the workgroup must call it; lane 0 gets the row's total. A second call must follow a
+// barrier: invocations may still be reading the first one's sums from `partial`.
 override SG_MIN: u32 = 32u;
 var<workgroup> partial: array<vec4<f32>, 256>;
 
@@ -11,8 +12,6 @@ fn reduce_row(v: vec4<f32>, lid: u32, lane: u32) -> vec4<f32> {
     let within = min(LANES, SG_MIN);
     for (var o = 1u; o < within; o <<= 1u) { s += subgroupShuffleXor(s, o); }
     if (within == LANES) { return s; }
-    // A previous call's readers may not be done with `partial`.
-    workgroupBarrier();
     partial[lid] = s;
     workgroupBarrier();
     var total = vec4<f32>(0.0);
