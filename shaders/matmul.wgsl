@@ -8,14 +8,18 @@
 //   vec4<f16> where the adapter has shader-f16 (half the workgroup memory and its traffic,
 //   products summed in f16 four at a time, sums kept in f32: llama.cpp's Vulkan tiles do the
 //   same), else vec4<f32>; and `TK`, columns per step (32 or 16: either way 2 x 64 x TK
-//   elements fit the 16 KiB of workgroup memory every adapter has).
+//   elements fit the 16 KiB of workgroup memory every adapter has). A matrix with too few
+//   tiles to fill the GPU splits its columns: workgroup z takes columns from z * split_k
+//   and writes its sums to slab z of a scratch (rows of out_stride per token, no bias or
+//   accumulation), which split_sum.wgsl, or the norm after the matmul (rmsnorm.wgsl), adds
+//   up.
 // - rows (CPU adapters, where a barrier makes every invocation of the workgroup stop and
 //   resume): one invocation per (row, ROW_TOKENS tokens), no workgroup memory and no
 //   barriers; each group of 4 weights is dequantized once for all its tokens.
 
 struct WParams {
     k: u32, rows: u32, scale_base: u32, out_offset: u32,
-    out_stride: u32, flags: u32, _p0: u32, _p1: u32,
+    out_stride: u32, flags: u32, _eps: f32, split_k: u32,
 }
 struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 
@@ -57,11 +61,11 @@ fn dots(wv: TV, x0: TV, x1: TV, x2: TV, x3: TV) -> vec4<f32> {
     return vec4<f32>(f32(dot(wv, x0)), f32(dot(wv, x1)), f32(dot(wv, x2)), f32(dot(wv, x3)));
 }
 
-// Row r's sums for tokens t, t + 16, t + 32, t + 48.
-fn store4(r: u32, t: u32, a: vec4<f32>) {
+// Row r's sums for tokens t, t + 16, t + 32, t + 48, into the output rows from `slab`.
+fn store4(r: u32, t: u32, slab: u32, a: vec4<f32>) {
     if (r >= wp.rows) { return; }
     for (var j = 0u; j < 4u; j++) {
-        if (t + 16u * j < step.n_tok) { store(r, t + 16u * j, a[j]); }
+        if (t + 16u * j < step.n_tok) { store(r, slab + t + 16u * j, a[j]); }
     }
 }
 
@@ -73,23 +77,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let ty = lid / 16u; // tokens ty + 16 j
     let r0 = wid.x * TM;
     let t0 = wid.y * TN;
+    let k0 = wid.z * wp.split_k;
+    let k1 = min(k0 + wp.split_k, wp.k);
     let l2 = lid + 256u; // second element where a tile has 512
-    var wa = weight_at(r0, lid, 0u);
-    var xa = token_at(t0, lid, 0u);
-    var wb = weight_at(r0, l2, 0u);
-    var xb = token_at(t0, l2, 0u);
+    var wa = weight_at(r0, lid, k0);
+    var xa = token_at(t0, lid, k0);
+    var wb = weight_at(r0, l2, k0);
+    var xb = token_at(t0, l2, k0);
     // a_i: row tx + 16 i (i < TM / 16); component j: token ty + 16 j.
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     var a2 = vec4<f32>(0.0);
     var a3 = vec4<f32>(0.0);
-    for (var kk = 0u; kk < wp.k; kk += TK) {
+    for (var kk = k0; kk < k1; kk += TK) {
         if (lid < WN) { ws[tile_at(lid)] = TV(wa); }
         if (WN > 256u) { ws[tile_at(l2)] = TV(wb); }
         xs[tile_at(lid)] = TV(xa);
         if (XN > 256u) { xs[tile_at(l2)] = TV(xb); }
         workgroupBarrier();
-        if (kk + TK < wp.k) {
+        if (kk + TK < k1) {
             wa = weight_at(r0, lid, kk + TK);
             wb = weight_at(r0, l2, kk + TK);
             xa = token_at(t0, lid, kk + TK);
@@ -109,11 +115,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    store4(r0 + tx, t0 + ty, a0);
-    if (TM >= 32u) { store4(r0 + tx + 16u, t0 + ty, a1); }
+    let slab = wid.z * step.n_tok;
+    store4(r0 + tx, t0 + ty, slab, a0);
+    if (TM >= 32u) { store4(r0 + tx + 16u, t0 + ty, slab, a1); }
     if (TM == 64u) {
-        store4(r0 + tx + 32u, t0 + ty, a2);
-        store4(r0 + tx + 48u, t0 + ty, a3);
+        store4(r0 + tx + 32u, t0 + ty, slab, a2);
+        store4(r0 + tx + 48u, t0 + ty, slab, a3);
     }
 }
 

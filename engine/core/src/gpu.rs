@@ -25,6 +25,8 @@ pub enum Kernel {
     MatMul(GgmlType, u32),
     /// The prefill matmul without workgroup tiles, for CPU adapters.
     MatMulRows(GgmlType),
+    /// Adds up a split matmul's column slabs.
+    SplitSum,
     Embed(GgmlType),
     RmsNorm,
     RopeKv,
@@ -146,6 +148,7 @@ impl Kernel {
             Kernel::MatVec(t, _, _) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "many"),
             Kernel::MatMul(t, rows) => (quant(&matmul(f16, rows), t), "main"),
             Kernel::MatMulRows(t) => (quant(&matmul(false, 64), t), "rows"),
+            Kernel::SplitSum => (include_str!("../../../shaders/split_sum.wgsl").into(), "main"),
             Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
             Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
@@ -166,8 +169,9 @@ impl Kernel {
             // One layout for the matvec and the matmuls: the prefill list's linear ops run
             // either. The last two (the residual of matvec.wgsl's POST) only the matvec reads.
             Kernel::MatVec(..) | Kernel::MatMul(..) | Kernel::MatMulRows(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform, Read, Read, ReadWrite],
+            Kernel::SplitSum => &[Read, ReadWrite, Read, Uniform, Uniform],
             Kernel::Embed(_) => &[Read, Read, ReadWrite, Uniform, Uniform],
-            Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite],
+            Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite, Read],
             Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
             // One layout for both entry points, so they share a bind group.
             Kernel::Attention(_) | Kernel::AttentionTiles(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
@@ -199,6 +203,10 @@ pub struct Tuning {
     /// its memory latency: a tiled matmul's tiles shrink from 64 rows to 32 or 16 until it
     /// has them, and attention takes more key splits where its blocks are few.
     pub min_workgroups: u32,
+    /// Workgroups a prefill matmul's column splits aim for (64-row tiles); 0: no splits.
+    /// More than min_workgroups: a split costs only its slab's write and read, and on the
+    /// H100 512 gave Gemma's 1024-token prefill 9% over 128.
+    pub split_workgroups: u32,
     /// Workgroup memory prefill attention may take for its register tiles (GPUs; the
     /// adapter's limit applies too). 0: blocks of at most 8 queries without tiles (CPU
     /// adapters, where each of the tiles' barriers costs more than the tiles save).
@@ -212,12 +220,15 @@ pub struct Tuning {
 
 const NVIDIA: u32 = 0x10de;
 
+/// Fewest columns one split of a prefill matmul takes.
+pub const MIN_SPLIT_COLUMNS: usize = 32;
+
 /// Rows per group of lanes in matvec.wgsl's `many`.
 pub const MATVEC_MANY_ROWS: u32 = 8;
 
 impl Tuning {
-    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, min_workgroups: 128, attention_tile_bytes: u32::MAX, whole_attention_keys: 0 };
-    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, min_workgroups: 0, attention_tile_bytes: 0, whole_attention_keys: u32::MAX };
+    pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, min_workgroups: 128, split_workgroups: 512, attention_tile_bytes: u32::MAX, whole_attention_keys: 0 };
+    pub const CPU: Tuning = Tuning { matvec_lanes: 1, attention_heads: 8, matmul_by_rows: true, min_workgroups: 0, split_workgroups: 0, attention_tile_bytes: 0, whole_attention_keys: u32::MAX };
 }
 
 pub struct Pipeline {
@@ -499,6 +510,22 @@ impl Gpu {
     /// group), enough that every x value is loaded and normalised once for several rows.
     pub fn matvec_group_rows(&self, rows: usize, lanes: u32) -> u32 {
         if lanes > 1 && rows.div_ceil(256 / lanes as usize) > 4096 { MATVEC_MANY_ROWS } else { 1 }
+    }
+
+    /// Columns per split of a prefill matmul of `rows` x `k` over `tokens` tokens (matmul.wgsl;
+    /// `k` for no split). A small model's chunk has few 64 x 64 tiles (SmolLM2's ffn_down:
+    /// 36 for 256 tokens on 132 SMs); splitting the columns gives the tuning's workgroups
+    /// with big tiles, where smaller tiles would each redo more workgroup-memory reads per
+    /// product. Splits are whole 32-column steps, at least MIN_SPLIT_COLUMNS long, and at
+    /// most `max_splits` (what the scratch holds).
+    pub fn matmul_split_columns(&self, rows: usize, k: usize, tokens: usize, max_splits: usize) -> usize {
+        if self.tuning.matmul_by_rows {
+            return k;
+        }
+        let tiles = rows.div_ceil(64) * tokens.div_ceil(64);
+        let wanted = (self.tuning.split_workgroups as usize).div_ceil(tiles);
+        let splits = wanted.min(k / MIN_SPLIT_COLUMNS).min(max_splits).max(1);
+        k.div_ceil(splits).div_ceil(32) * 32
     }
 
     pub fn tuning(&self) -> Tuning {

@@ -54,7 +54,20 @@ struct WParams {
     out_stride: u32,
     flags: u32,
     eps: f32,
-    _p: u32,
+    /// Columns per split of a split matmul (matmul.wgsl), k where it is not split.
+    split_k: u32,
+}
+
+/// split_sum.wgsl's parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SParams {
+    rows: u32,
+    splits: u32,
+    out_offset: u32,
+    out_stride: u32,
+    flags: u32,
+    _p: [u32; 3],
 }
 const ACCUMULATE: u32 = 1;
 const BIAS: u32 = 2;
@@ -80,10 +93,16 @@ struct EParams {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct NParams {
     n: u32,
-    rows_per_tok: u32,
     flags: u32,
     eps: f32,
+    /// Slabs the input is summed from (flag SLABS).
+    splits: u32,
 }
+/// rmsnorm.wgsl's flags.
+const NORM_ADD: u32 = 1;
+const NORM_NEXT: u32 = 2;
+const NORM_SLABS: u32 = 4;
+const NORM_RAW: u32 = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -267,12 +286,14 @@ pub async fn read_f32(src: &mut impl ByteSource, t: &TensorInfo) -> Result<Vec<f
 enum Grid {
     /// x workgroups, y = number of tokens.
     PerToken(u32),
-    /// One workgroup per row, `n` rows per token (wrapped into y past 65535).
-    Rows(u32),
+    /// One workgroup per token (wrapped into y past 65535).
+    Rows,
     /// `n` elements per token, 256 per workgroup.
     Elems(u32),
-    /// A linear layer: matvec for one token, a matmul for more.
-    Linear { rows: u32, last_only: bool, ty: GgmlType, lanes: u32, group_rows: u32 },
+    /// A linear layer: matvec for one token, a matmul for more, its columns in `splits`.
+    Linear { rows: u32, last_only: bool, ty: GgmlType, lanes: u32, group_rows: u32, splits: u32 },
+    /// Adds up a split matmul's `rows`-wide slabs; nothing to do for one token (a matvec).
+    SplitSum(u32),
     /// Attention's (blocks of query heads, key splits, blocks of `tokens` tokens).
     Attention { blocks: u32, tokens: u32 },
     /// Merges the key splits, x workgroups per token; nothing to do with one split.
@@ -285,6 +306,8 @@ struct Op {
     label: String,
     kernel: Kernel,
     bind_group: wgpu::BindGroup,
+    /// A split matmul's bindings: its sums go to the split scratch, not to y.
+    split_bind: Option<wgpu::BindGroup>,
     grid: Grid,
 }
 
@@ -410,7 +433,25 @@ struct Builder<'a> {
     /// buffer may not be bound both ways in one dispatch).
     dummy: &'a wgpu::Buffer,
     dummy_out: &'a wgpu::Buffer,
+    /// Where split matmuls put their slabs (prefill), and the most tokens a step has.
+    split_scratch: Option<SplitScratch<'a>>,
+    /// A split matmul's slabs that the next norm adds up (instead of a SplitSum op).
+    slabs: Option<Slabs>,
     ops: Vec<Op>,
+}
+
+#[derive(Clone, Copy)]
+struct Slabs {
+    splits: u32,
+    /// The matmul accumulates into its output (the residual).
+    accumulate: bool,
+}
+
+/// A buffer that is dead while the matmuls that split run (the prefill's gate/up output).
+struct SplitScratch<'a> {
+    buffer: &'a wgpu::Buffer,
+    floats: usize,
+    max_tokens: usize,
 }
 
 /// Where a linear layer reads and writes, and what it fuses.
@@ -427,6 +468,9 @@ struct Lin<'a> {
     /// RMS-normed with the first half of `norm`'s weights, then normed with the second half.
     post: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
     flags: u32,
+    /// A norm follows that can add up the slabs of a split matmul (prefill), saving the
+    /// SplitSum dispatch.
+    norm_next: bool,
 }
 
 /// "attn_q+attn_k" for blk.N.attn_q.weight+blk.N.attn_k.weight: profiles sum over layers.
@@ -461,13 +505,26 @@ impl Builder<'_> {
                     out_stride: at.out_stride as u32,
                     flags,
                     eps: at.norm.map_or(0.0, |n| n.1),
-                    _p: 0,
+                    split_k: m.k as u32,
                 },
             );
             let kernel = Kernel::MatVec(m.ty, lanes, group_rows);
             let (res_in, res_out) = at.post.unwrap_or((self.dummy, self.dummy_out));
             let bind = [&p.buffer, at.x, at.y, at.bias.unwrap_or(self.dummy), &params, self.step, at.norm.map_or(self.dummy, |n| n.0), res_in, res_out];
             let bg = self.gpu.bind_group(kernel, &bind);
+            // Only plain products split (the fused norms need whole rows), and never into
+            // the buffer they read or write.
+            let scratch = self.split_scratch.as_ref().filter(|s| flags & (NORM | POST | GLU | LAST_TOKEN) == 0 && s.buffer != at.x && s.buffer != at.y);
+            let split_k = scratch.map_or(m.k, |s| self.gpu.matmul_split_columns(rows as usize, m.k, s.max_tokens, s.floats / (s.max_tokens * rows as usize)));
+            let splits = m.k.div_ceil(split_k) as u32;
+            let split_bind = scratch.filter(|_| splits > 1).map(|s| {
+                let params = self.gpu.uniform(
+                    "wparams",
+                    &WParams { k: m.k as u32, rows, scale_base: p.scale_base, out_offset: 0, out_stride: rows, flags: 0, eps: 0.0, split_k: split_k as u32 },
+                );
+                let bind = [&p.buffer, at.x, s.buffer, self.dummy, &params, self.step, self.dummy, self.dummy, self.dummy_out];
+                self.gpu.bind_group(kernel, &bind)
+            });
             let fused = match (at.post, at.norm) {
                 (Some(_), _) => "post+norm+",
                 (None, Some(_)) => "norm+",
@@ -479,31 +536,64 @@ impl Builder<'_> {
                 label: format!("Linear({:?}) {fused}{}{glu_name}", m.ty, role(&m.name)),
                 kernel,
                 bind_group: bg,
-                grid: Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes, group_rows },
+                split_bind,
+                grid: Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes, group_rows, splits },
             });
+            if splits > 1 && at.norm_next && at.bias.is_none() && m.parts.len() == 1 {
+                self.slabs = Some(Slabs { splits, accumulate: flags & ACCUMULATE != 0 });
+            } else if let Some(s) = scratch.filter(|_| splits > 1) {
+                let out_offset = (at.out_offset + p.row0 as usize) as u32;
+                let sflags = flags & (ACCUMULATE | BIAS);
+                let params = self.gpu.uniform("sparams", &SParams { rows, splits, out_offset, out_stride: at.out_stride as u32, flags: sflags, _p: [0; 3] });
+                let bind = [s.buffer, at.y, at.bias.unwrap_or(self.dummy), &params, self.step];
+                let bind_group = self.gpu.bind_group(Kernel::SplitSum, &bind);
+                let label = format!("SplitSum({splits}) {}", role(&m.name));
+                self.ops.push(Op { label, kernel: Kernel::SplitSum, bind_group, split_bind: None, grid: Grid::SplitSum(rows) });
+            }
         }
     }
 
-    fn norm(&mut self, x: Option<&wgpu::Buffer>, w: &wgpu::Buffer, y: &wgpu::Buffer, n: usize, rows_per_tok: usize, eps: f32, accumulate: bool) {
-        let flags = (accumulate as u32) | if x.is_none() { 2 } else { 0 };
-        self.norm_op("RmsNorm", [x.unwrap_or(self.dummy), w, y, self.dummy_out], n, rows_per_tok, flags, eps);
+    /// `y = rmsnorm(x) * w`, or with `accumulate` `y += ...`; x's rows may be a split
+    /// matmul's slabs.
+    fn norm(&mut self, x: &wgpu::Buffer, w: &wgpu::Buffer, y: &wgpu::Buffer, n: usize, eps: f32, accumulate: bool) {
+        self.norm_op("RmsNorm", [x, w, y, self.dummy_out], n, if accumulate { NORM_ADD } else { 0 }, eps);
+    }
+
+    /// `xn = rmsnorm(x) * w` where x is the residual; a split matmul that accumulates into
+    /// it has its slabs added first, in the same dispatch.
+    fn residual_norm(&mut self, x: &wgpu::Buffer, w: &wgpu::Buffer, xn: &wgpu::Buffer, n: usize, eps: f32) {
+        match self.slabs {
+            Some(Slabs { accumulate: true, .. }) => self.norm_op("RmsNorm sum+next", [self.dummy, w, x, xn], n, NORM_ADD | NORM_RAW | NORM_NEXT, eps),
+            _ => self.norm(x, w, xn, n, eps, false),
+        }
     }
 
     /// A post-norm and the next norm in one (prefill): `x += rmsnorm(sub) * w[..n]`, then
     /// `xn = rmsnorm(x) * w[n..]` (`w` stacks the two weights).
     fn post_norm(&mut self, sub: &wgpu::Buffer, w: &wgpu::Buffer, x: &wgpu::Buffer, xn: &wgpu::Buffer, n: usize, eps: f32) {
-        self.norm_op("RmsNorm post+next", [sub, w, x, xn], n, 1, 1 | 4, eps);
+        self.norm_op("RmsNorm post+next", [sub, w, x, xn], n, NORM_ADD | NORM_NEXT, eps);
     }
 
-    fn norm_op(&mut self, label: &str, [x, w, y, normed]: [&wgpu::Buffer; 4], n: usize, rows_per_tok: usize, flags: u32, eps: f32) {
-        let params = self.gpu.uniform("nparams", &NParams { n: n as u32, rows_per_tok: rows_per_tok as u32, flags, eps });
-        let bg = self.gpu.bind_group(Kernel::RmsNorm, &[x, w, y, &params, self.step, normed]);
-        self.ops.push(Op { label: label.into(), kernel: Kernel::RmsNorm, bind_group: bg, grid: Grid::Rows(rows_per_tok as u32) });
+    /// One norm per token row; pending slabs replace its input.
+    fn norm_op(&mut self, label: &str, [x, w, y, normed]: [&wgpu::Buffer; 4], n: usize, flags: u32, eps: f32) {
+        let (flags, splits, slabs) = match (self.slabs.take(), &self.split_scratch) {
+            (Some(s), Some(scratch)) => {
+                // Unless the residual takes them raw, the slabs stand for the matmul's own output.
+                assert!(!s.accumulate || flags & NORM_RAW != 0, "{label}: slabs of a matmul that accumulates");
+                (flags | NORM_SLABS, s.splits, scratch.buffer)
+            }
+            _ => (flags, 0, self.dummy),
+        };
+        let params = self.gpu.uniform("nparams", &NParams { n: n as u32, flags, eps, splits });
+        let bg = self.gpu.bind_group(Kernel::RmsNorm, &[x, w, y, &params, self.step, normed, slabs]);
+        let label = if splits > 0 { format!("{label} +{splits} slabs") } else { label.into() };
+        self.ops.push(Op { label, kernel: Kernel::RmsNorm, bind_group: bg, split_bind: None, grid: Grid::Rows });
     }
 
     fn op(&mut self, kernel: Kernel, buffers: &[&wgpu::Buffer], grid: Grid) {
+        assert!(self.slabs.is_none(), "{kernel:?} after a split matmul whose slabs no norm added up");
         let bg = self.gpu.bind_group(kernel, buffers);
-        self.ops.push(Op { label: format!("{kernel:?}"), kernel, bind_group: bg, grid });
+        self.ops.push(Op { label: format!("{kernel:?}"), kernel, bind_group: bg, split_bind: None, grid });
     }
 }
 
@@ -658,8 +748,11 @@ impl Transformer {
         // Two dispatch lists over the same weights: prefill (many tokens: tiled matmuls, norms
         // and GLU as their own passes) and decode (one token: norms and GLU fused into the
         // matvecs, fewer dependent dispatches).
-        let mut pre = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, ops: Vec::new() };
-        let mut dec = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, ops: Vec::new() };
+        // Prefill's split matmuls (attention's projections, ffn_down) keep their slabs in the
+        // gate/up buffer, which holds nothing live outside the FFN's first half.
+        let split_scratch = SplitScratch { buffer: &act.gu, floats: max_batch * 2 * cfg.n_ff, max_tokens: max_batch };
+        let mut pre = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, ops: Vec::new() };
+        let mut dec = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: None, slabs: None, ops: Vec::new() };
         for p in &embd.parts {
             let params = g.uniform(
                 "eparams",
@@ -775,14 +868,14 @@ impl Transformer {
 
             for (b, decode) in [(&mut pre, false), (&mut dec, true)] {
                 // Decode normalises inside the matvecs; prefill writes xn once for all of them.
-                let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, post: None, flags };
+                let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, post: None, flags, norm_next: false };
                 let before_attn = folded.as_ref().and_then(|f| f.0.as_ref());
                 if !decode {
                     match before_attn {
                         // The layer before left its FFN output in tmp: its post-norm and this
                         // layer's norm in one dispatch.
                         Some(w) => b.post_norm(&act.tmp, w, &act.x, &act.xn, e, eps),
-                        None => b.norm(Some(&act.x), &attn_norm, &act.xn, e, 1, eps, false),
+                        None => b.residual_norm(&act.x, &attn_norm, &act.xn, e, eps),
                     }
                 }
                 let (x, nw, res) = act.normed_input(decode, (&attn_norm, eps), before_attn, (&act.x_alt, &act.x));
@@ -806,15 +899,15 @@ impl Transformer {
                 b.op(Kernel::AttentionCombine, &abind, Grid::Combine((cfg.n_head * cfg.head_dim.div_ceil(COMBINE_DIMS)) as u32));
                 match &folded {
                     Some((_, post_attn_ffn_norm)) => {
-                        b.linear(&wo, &lin(&act.att, &act.tmp, 0, e, None, 0));
+                        b.linear(&wo, &Lin { norm_next: true, ..lin(&act.att, &act.tmp, 0, e, None, 0) });
                         if !decode {
                             b.post_norm(&act.tmp, post_attn_ffn_norm, &act.x, &act.xn, e, eps);
                         }
                     }
                     None => {
-                        b.linear(&wo, &lin(&act.att, &act.x, 0, e, None, ACCUMULATE));
+                        b.linear(&wo, &Lin { norm_next: true, ..lin(&act.att, &act.x, 0, e, None, ACCUMULATE) });
                         if !decode {
-                            b.norm(Some(&act.x), &ffn_norm, &act.xn, e, 1, eps, false);
+                            b.residual_norm(&act.x, &ffn_norm, &act.xn, e, eps);
                         }
                     }
                 }
@@ -830,32 +923,33 @@ impl Transformer {
                 }
                 match &folded {
                     Some(_) => {
-                        b.linear(&wd, &lin(&act.ff, &act.tmp, 0, e, None, 0));
+                        b.linear(&wd, &Lin { norm_next: true, ..lin(&act.ff, &act.tmp, 0, e, None, 0) });
                         // Other layers' post-FFN norms run with the next layer's first norm.
                         if let (false, Some(w)) = (decode, &last_post_ffw) {
-                            b.norm(Some(&act.tmp), w, &act.x, e, 1, eps, true);
+                            b.norm(&act.tmp, w, &act.x, e, eps, true);
                         }
                     }
-                    None => b.linear(&wd, &lin(&act.ff, &act.x, 0, e, None, ACCUMULATE)),
+                    // The last layer's is followed by the heads' norms, in other op lists.
+                    None => b.linear(&wd, &Lin { norm_next: l + 1 < cfg.n_layer, ..lin(&act.ff, &act.x, 0, e, None, ACCUMULATE) }),
                 }
             }
         }
         let out_norm = vectors(&one("output_norm.weight", e), src).await?;
         let head = output.as_ref().unwrap_or(&embd);
-        let to_logits = |x, norm, flags| Lin { x, y: &logits, out_offset: 0, out_stride: cfg.vocab, bias: None, norm, post: None, flags };
+        let to_logits = |x, norm, flags| Lin { x, y: &logits, out_offset: 0, out_stride: cfg.vocab, bias: None, norm, post: None, flags, norm_next: false };
         let body_prefill = std::mem::take(&mut pre.ops);
         let body_decode = std::mem::take(&mut dec.ops);
-        pre.norm(Some(&act.x), &out_norm, &act.xn, e, 1, cfg.rms_eps, false);
+        pre.norm(&act.x, &out_norm, &act.xn, e, cfg.rms_eps, false);
         pre.linear(head, &to_logits(&act.xn, None, LAST_TOKEN));
         let head_last = std::mem::take(&mut pre.ops);
-        pre.norm(Some(&act.x), &out_norm, &act.xn, e, 1, cfg.rms_eps, false);
+        pre.norm(&act.x, &out_norm, &act.xn, e, cfg.rms_eps, false);
         pre.linear(head, &to_logits(&act.xn, None, 0));
         let head_all = std::mem::take(&mut pre.ops);
         // The last post-norm stays an op of its own: folded into the head, each of the head's
         // many workgroups would sum x's squares again.
         let residual = match &last_post_ffw {
             Some(w) => {
-                dec.norm(Some(&act.tmp), w, &act.x_alt, e, 1, cfg.rms_eps, true);
+                dec.norm(&act.tmp, w, &act.x_alt, e, cfg.rms_eps, true);
                 &act.x_alt
             }
             None => &act.x,
@@ -926,14 +1020,14 @@ impl Transformer {
 
     /// The op lists that run `n_tok` tokens and then `logits`.
     fn plan(&self, n_tok: usize, logits: Logits) -> [&[Op]; 2] {
-        // One token runs the decode list, except for all logits: decode leaves the residual
-        // unfinished in x (Gemma's last post-norm runs in `head_decode`), and `head_all`
-        // reads x.
-        let decode = n_tok == 1 && logits != Logits::All;
+        // One token runs the decode list and its head (whose one row of logits is all of
+        // them), so the prefill list always has several tokens: its split matmuls' slabs
+        // are summed by norms that a matvec would not feed.
+        let decode = n_tok == 1;
         let body = if decode { &self.body_decode } else { &self.body_prefill };
         let head: &[Op] = match logits {
             Logits::None => &[],
-            Logits::Last if decode => &self.head_decode,
+            _ if decode => &self.head_decode,
             Logits::Last => &self.head_last,
             Logits::All => &self.head_all,
         };
@@ -1175,15 +1269,12 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
     let n_tok = shape.n_tok;
     let (kernel, grid) = match op.grid {
         Grid::PerToken(x) => (op.kernel, [x, n_tok, 1]),
-        Grid::Rows(n) => {
-            let rows = n * n_tok;
-            (op.kernel, [rows.min(65535), rows.div_ceil(65535), 1])
-        }
+        Grid::Rows => (op.kernel, [n_tok.min(65535), n_tok.div_ceil(65535), 1]),
         Grid::Elems(n) => {
             let wgs = (n * n_tok).div_ceil(256);
             (op.kernel, [wgs.min(65535), wgs.div_ceil(65535), 1])
         }
-        Grid::Linear { rows, last_only, ty, lanes, group_rows } => {
+        Grid::Linear { rows, last_only, ty, lanes, group_rows, splits } => {
             if last_only || n_tok == 1 {
                 // One token, so y continues x past 65535 workgroups (matvec.wgsl).
                 let wgs = rows.div_ceil(256 / lanes * group_rows);
@@ -1193,11 +1284,15 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
             } else {
                 let tokens = n_tok.div_ceil(MATMUL_TOKENS);
                 let mut tile = 64;
-                while tile > 16 && rows.div_ceil(tile) * tokens < gpu.tuning().min_workgroups {
+                while tile > 16 && rows.div_ceil(tile) * tokens * splits < gpu.tuning().min_workgroups {
                     tile /= 2;
                 }
-                (Kernel::MatMul(ty, tile), [rows.div_ceil(tile), tokens, 1])
+                (Kernel::MatMul(ty, tile), [rows.div_ceil(tile), tokens, splits])
             }
+        }
+        Grid::SplitSum(rows) => {
+            let wgs = if n_tok == 1 { 0 } else { (rows * n_tok).div_ceil(256) };
+            (op.kernel, [wgs.min(65535), wgs.div_ceil(65535), 1])
         }
         Grid::Attention { blocks, tokens } => (op.kernel, [blocks, shape.splits, n_tok.div_ceil(tokens)]),
         Grid::Combine(x) => (op.kernel, [if shape.splits == 1 { 0 } else { x }, n_tok, 1]),
@@ -1210,7 +1305,12 @@ fn encode(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: &[Op], shape: Shape) {
     for op in ops {
         let Some((kernel, [x, y, z])) = dispatch_of(gpu, op, shape) else { continue };
         pass.set_pipeline(&gpu.pipeline(kernel).pipeline);
-        pass.set_bind_group(0, &op.bind_group, &[]);
+        // A matmul over several workgroups in z is a split one.
+        let bind_group = match &op.split_bind {
+            Some(b) if z > 1 => b,
+            _ => &op.bind_group,
+        };
+        pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
     }
 }
@@ -1233,8 +1333,11 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
     let dummy_out = gpu.storage("dummy", 16)?;
     let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
     let y = gpu.storage("y", (n_tok * m.rows * 4) as u64)?;
-    let mut b = Builder { gpu, step: &step, dummy: &dummy, dummy_out: &dummy_out, ops: Vec::new() };
-    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, post: None, flags: 0 });
+    let floats = n_tok * m.rows * m.k / crate::gpu::MIN_SPLIT_COLUMNS;
+    let scratch = gpu.storage("split scratch", (floats * 4) as u64)?;
+    let split_scratch = SplitScratch { buffer: &scratch, floats, max_tokens: n_tok };
+    let mut b = Builder { gpu, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, ops: Vec::new() };
+    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, post: None, flags: 0, norm_next: false });
     submit_ops(gpu, &b.ops, n_tok as u32);
     let bytes = gpu.read(&y, 0, (n_tok * m.rows * 4) as u64).await?;
     Ok(bytemuck::cast_slice(&bytes).to_vec())
@@ -1251,7 +1354,7 @@ pub async fn apply_sampler(gpu: &Gpu, logits: &[f32], p: &SampleParams, penaltie
     }
     let params = gpu.uniform("sparams", &SampleParams { vocab: logits.len() as u32, n_penalties: penalties.len() as u32, ..*p });
     let dummy = gpu.storage("dummy", 16)?;
-    let mut b = Builder { gpu, step: &dummy, dummy: &dummy, dummy_out: &dummy, ops: Vec::new() };
+    let mut b = Builder { gpu, step: &dummy, dummy: &dummy, dummy_out: &dummy, split_scratch: None, slabs: None, ops: Vec::new() };
     b.op(Kernel::Sample, &[&lb, &partials, &result, &pens, &params], Grid::Fixed(1));
     submit_ops(gpu, &b.ops, 1);
     let bytes = gpu.read(&result, 0, 4).await?;

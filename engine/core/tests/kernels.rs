@@ -74,10 +74,12 @@ fn linear_in_gpu_tuning_matches_reference() {
         }
         // The matmuls in 64-, 32- and 16-row tiles (each shape, with these least workgroup
         // counts, gets each tile size): 130 x 37, a partial tile in both directions; 70 x 150,
-        // several token tiles.
-        for min_workgroups in [0, 4, 7, 9, 15, u32::MAX] {
+        // several token tiles. Then with their columns split (and the slabs summed): in 2 or
+        // 3 splits, one shorter than the others; in 3 to 8; in 32-column splits.
+        let splits = [(0, 8), (0, 40), (u32::MAX, u32::MAX)];
+        for (min_workgroups, split_workgroups) in [0, 4, 7, 9, 15, u32::MAX].map(|m| (m, 0)).into_iter().chain(splits) {
             let mut tiles = pollster::block_on(gloss_engine::Gpu::new()).unwrap();
-            tiles.set_tuning(gloss_engine::Tuning { min_workgroups: min_workgroups, ..gloss_engine::Tuning::GPU });
+            tiles.set_tuning(gloss_engine::Tuning { min_workgroups, split_workgroups, ..gloss_engine::Tuning::GPU });
             tiles.set_f16(f16);
             for ty in GgmlType::ALL {
                 let k = if ty.block_size() == 256 { 512 } else { 96 };
