@@ -487,6 +487,7 @@ fn role(name: &str) -> String {
 
 impl Builder<'_> {
     fn linear(&mut self, m: &Matrix, at: &Lin) {
+        assert!(self.slabs.is_none(), "{} after a split matmul whose slabs no norm added up", m.name);
         let glu = at.flags & GLU != 0;
         for p in &m.parts {
             let mut flags = at.flags | if at.bias.is_some() { BIAS } else { 0 };
@@ -563,8 +564,11 @@ impl Builder<'_> {
     /// it has its slabs added first, in the same dispatch.
     fn residual_norm(&mut self, x: &wgpu::Buffer, w: &wgpu::Buffer, xn: &wgpu::Buffer, n: usize, eps: f32) {
         match self.slabs {
-            Some(Slabs { accumulate: true, .. }) => self.norm_op("RmsNorm sum+next", [self.dummy, w, x, xn], n, NORM_ADD | NORM_RAW | NORM_NEXT, eps),
-            _ => self.norm(x, w, xn, n, eps, false),
+            Some(s) => {
+                assert!(s.accumulate, "the residual's norm after a split matmul that does not add into it");
+                self.norm_op("RmsNorm sum+next", [self.dummy, w, x, xn], n, NORM_ADD | NORM_RAW | NORM_NEXT, eps)
+            }
+            None => self.norm(x, w, xn, n, eps, false),
         }
     }
 

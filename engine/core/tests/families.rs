@@ -271,11 +271,12 @@ fn check(arch: &'static str, tuning: Tuning, f16: bool) {
     };
     let mut engine = load();
     assert_eq!(engine.info.architecture, arch);
-    // 150 tokens: 8-token prefill chunks and a partial one. Past the tuning's whole-attention
-    // length, attention splits the keys (up to 4 splits per token in 8-token chunks, so
-    // splits longer than one 32-key tile; 5 splits when decoding), which shorter prompts
-    // would not exercise; the CPU tuning attends to all keys in one workgroup (up to 150).
-    let tokens: Vec<u32> = (0..150u32).map(|i| (i * 37 + 5) % VOCAB as u32).collect();
+    // 145 tokens: 8-token prefill chunks, then one token, whose logits come through the
+    // decode list and its head. Past the tuning's whole-attention length, attention splits
+    // the keys (up to 4 splits per token in 8-token chunks, so splits longer than one 32-key
+    // tile; 5 splits when decoding), which shorter prompts would not exercise; the CPU
+    // tuning attends to all keys in one workgroup (up to 146).
+    let tokens: Vec<u32> = (0..145u32).map(|i| (i * 37 + 5) % VOCAB as u32).collect();
     let want = model.forward(&tokens);
     let got = pollster::block_on(engine.score(&tokens)).unwrap();
     let prefill = compare(arch, "prefill path", &want, |pos| got[pos * VOCAB..(pos + 1) * VOCAB].to_vec());
@@ -338,7 +339,7 @@ fn qwen3_matches_cpu_reference() {
     check("qwen3", Tuning::CPU, false);
 }
 
-/// The GPU tuning, with whole (unsplit) attention only up to 64 keys so that the 150
+/// The GPU tuning, with whole (unsplit) attention only up to 64 keys so that the 145
 /// positions run both ways.
 const GPU: Tuning = Tuning { whole_attention_keys: 64, ..Tuning::GPU };
 
