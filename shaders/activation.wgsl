@@ -1,4 +1,5 @@
-// The gate activations of gated FFNs, shared by glu.wgsl and matvec.wgsl's fused GLU.
+// The gate activations of gated FFNs, shared by glu.wgsl and the fused GLU of matvec.wgsl
+// and matmul.wgsl.
 // act 0 = SiLU (SwiGLU), 1 = tanh-approximated GELU (GeGLU, Gemma).
 fn activation(g: f32, act: u32) -> f32 {
     if (act == 0u) {

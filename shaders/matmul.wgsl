@@ -12,7 +12,10 @@
 //   tiles to fill the GPU splits its columns: workgroup z takes columns from z * split_k
 //   and writes its sums to slab z of a scratch (rows of out_stride per token, no bias or
 //   accumulation), which split_sum.wgsl, or the norm after the matmul (rmsnorm.wgsl), adds
-//   up.
+//   up. With GLU (flag 16, the activation in bits 8..; tiles of 64 or 32 rows) a tile's
+//   first half are gate rows and its second half their up rows, so each thread holds a
+//   gate row's sums beside its up row's and writes act(gate) * up: the gated unit without a
+//   pass of its own, and without writing the gate and up rows out.
 // - rows (CPU adapters, where a barrier makes every invocation of the workgroup stop and
 //   resume): one invocation per (row, ROW_TOKENS tokens), no workgroup memory and no
 //   barriers; each group of 4 weights is dequantized once for all its tokens.
@@ -38,12 +41,23 @@ const XN: u32 = TN * CG;            // token tile elements per step: 256 or 512
 var<workgroup> ws: array<TV, TM * STRIDE>;
 var<workgroup> xs: array<TV, TN * STRIDE>;
 
+fn glu() -> bool {
+    return (wp.flags & 16u) != 0u;
+}
+
+// Output rows per tile: with GLU half the tile's rows are up rows.
+fn tile_outputs() -> u32 {
+    return select(TM, TM / 2u, glu());
+}
+
 // Tile element i (row-major, CG per row) of the weights and of the tokens at column kk; zero
 // past the tile.
 fn weight_at(r0: u32, i: u32, kk: u32) -> vec4<f32> {
-    let r = r0 + i / CG;
+    let tr = i / CG;
+    let r = r0 + tr % tile_outputs();
     if (i >= WN || r >= wp.rows) { return vec4<f32>(0.0); }
-    return load4(r, kk + 4u * (i % CG));
+    // With GLU the up rows follow the gate rows in the matrix.
+    return load4(r + (tr / tile_outputs()) * wp.rows, kk + 4u * (i % CG));
 }
 
 fn token_at(t0: u32, i: u32, kk: u32) -> vec4<f32> {
@@ -75,7 +89,7 @@ fn store4(r: u32, t: u32, slab: u32, a: vec4<f32>) {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tx = lid % 16u; // rows tx + 16 i
     let ty = lid / 16u; // tokens ty + 16 j
-    let r0 = wid.x * TM;
+    let r0 = wid.x * tile_outputs();
     let t0 = wid.y * TN;
     let k0 = wid.z * wp.split_k;
     let k1 = min(k0 + wp.split_k, wp.k);
@@ -115,6 +129,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
+    if (glu()) {
+        // a0: gate row tx; its up row is a1 (32-row tiles) or a2 (64), as a1's is a3.
+        if (TM == 32u) {
+            store4(r0 + tx, t0 + ty, 0u, gated(a0, a1));
+        } else {
+            store4(r0 + tx, t0 + ty, 0u, gated(a0, a2));
+            store4(r0 + tx + 16u, t0 + ty, 0u, gated(a1, a3));
+        }
+        return;
+    }
     let slab = wid.z * step.n_tok;
     store4(r0 + tx, t0 + ty, slab, a0);
     if (TM >= 32u) { store4(r0 + tx + 16u, t0 + ty, slab, a1); }
@@ -122,6 +146,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         store4(r0 + tx + 32u, t0 + ty, slab, a2);
         store4(r0 + tx + 48u, t0 + ty, slab, a3);
     }
+}
+
+#include activation
+
+fn gated(gate: vec4<f32>, up: vec4<f32>) -> vec4<f32> {
+    let act = (wp.flags >> 8u) & 0xFFu;
+    return vec4<f32>(activation(gate.x, act), activation(gate.y, act), activation(gate.z, act), activation(gate.w, act)) * up;
 }
 
 // The output of row r for token t, with the flags' bias and accumulation.

@@ -290,8 +290,9 @@ enum Grid {
     Rows,
     /// `n` elements per token, 256 per workgroup.
     Elems(u32),
-    /// A linear layer: matvec for one token, a matmul for more, its columns in `splits`.
-    Linear { rows: u32, last_only: bool, ty: GgmlType, lanes: u32, group_rows: u32, splits: u32 },
+    /// A linear layer: matvec for one token, a matmul for more, its columns in `splits`;
+    /// with `glu`, `rows` gate rows, each with its up row.
+    Linear { rows: u32, last_only: bool, ty: GgmlType, lanes: u32, group_rows: u32, splits: u32, glu: bool },
     /// Adds up a split matmul's `rows`-wide slabs; nothing to do for one token (a matvec).
     SplitSum(u32),
     /// Attention's (blocks of query heads, key splits, blocks of `tokens` tokens).
@@ -538,7 +539,7 @@ impl Builder<'_> {
                 kernel,
                 bind_group: bg,
                 split_bind,
-                grid: Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes, group_rows, splits },
+                grid: Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes, group_rows, splits, glu },
             });
             if splits > 1 && at.norm_next && at.bias.is_none() && m.parts.len() == 1 {
                 self.slabs = Some(Slabs { splits, accumulate: flags & ACCUMULATE != 0 });
@@ -750,8 +751,8 @@ impl Transformer {
         let inv_freq_swa = g.storage_init("rope_swa", bytemuck::cast_slice(&rope_inv_freq(&cfg, cfg.rope_base_swa, None)))?;
 
         // Two dispatch lists over the same weights: prefill (many tokens: tiled matmuls, norms
-        // and GLU as their own passes) and decode (one token: norms and GLU fused into the
-        // matvecs, fewer dependent dispatches).
+        // as their own passes) and decode (one token: norms fused into the matvecs, fewer
+        // dependent dispatches); both fuse the gated unit into the gate/up product.
         // Prefill's split matmuls (attention's projections, ffn_down) keep their slabs in the
         // gate/up buffer, which holds nothing live outside the FFN's first half.
         let split_scratch = SplitScratch { buffer: &act.gu, floats: max_batch * 2 * cfg.n_ff, max_tokens: max_batch };
@@ -916,7 +917,10 @@ impl Transformer {
                     }
                 }
                 let (x, nw, res) = act.normed_input(decode, (&ffn_norm, eps), folded.as_ref().map(|f| &f.1), (&act.x, &act.x_alt));
-                if decode && wgu.len() == 1 && wgu[0].0.parts.len() == 1 {
+                // Stacked gate and up rows take the gated unit into their matvec, or into the
+                // tiled matmul (the CPU adapters' untiled one keeps the Glu pass).
+                let tiled = !g.tuning().matmul_by_rows;
+                if (decode || tiled) && wgu.len() == 1 && wgu[0].0.parts.len() == 1 {
                     let glu = GLU | ((cfg.act == Activation::GeluTanh) as u32) << 8;
                     b.linear(&wgu[0].0, &Lin { post: res, ..lin(x, &act.ff, 0, cfg.n_ff, nw, glu) });
                 } else {
@@ -1278,7 +1282,7 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
             let wgs = (n * n_tok).div_ceil(256);
             (op.kernel, [wgs.min(65535), wgs.div_ceil(65535), 1])
         }
-        Grid::Linear { rows, last_only, ty, lanes, group_rows, splits } => {
+        Grid::Linear { rows, last_only, ty, lanes, group_rows, splits, glu } => {
             if last_only || n_tok == 1 {
                 // One token, so y continues x past 65535 workgroups (matvec.wgsl).
                 let wgs = rows.div_ceil(256 / lanes * group_rows);
@@ -1287,11 +1291,15 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
                 (Kernel::MatMulRows(ty), [rows.div_ceil(ROW_WORKGROUP), n_tok.div_ceil(ROW_TOKENS), 1])
             } else {
                 let tokens = n_tok.div_ceil(MATMUL_TOKENS);
+                // With GLU a tile holds gate rows and their up rows: half its rows are outputs,
+                // and it needs two rows per thread.
+                let (outputs, smallest) = if glu { (2, 32) } else { (1, 16) };
+                let row_tiles = |tile: u32| rows.div_ceil(tile / outputs);
                 let mut tile = 64;
-                while tile > 16 && rows.div_ceil(tile) * tokens * splits < gpu.tuning().min_workgroups {
+                while tile > smallest && row_tiles(tile) * tokens * splits < gpu.tuning().min_workgroups {
                     tile /= 2;
                 }
-                (Kernel::MatMul(ty, tile), [rows.div_ceil(tile), tokens, splits])
+                (Kernel::MatMul(ty, tile), [row_tiles(tile), tokens, splits])
             }
         }
         Grid::SplitSum(rows) => {
