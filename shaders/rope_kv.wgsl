@@ -5,7 +5,9 @@
 // q, k and v sit side by side per token in one buffer ([q | k | v], `stride` floats);
 // q is rewritten in place. The cache stores f16 pairs (pack2x16float needs no shader-f16,
 // and halves cache memory like llama.cpp's default f16 cache): [position][kv_dim / 2] words.
-// The rotation itself is rotary.wgsl's.
+// The rotation itself is rotary.wgsl's. In prefill, where the q/k/v matmul split its
+// columns (matmul.wgsl), the inputs are the sums of its slabs plus its bias, read here
+// instead of a pass that would write them out first.
 
 struct PParams {
     n_head: u32,
@@ -13,9 +15,9 @@ struct PParams {
     head_dim: u32,
     n_rot: u32,
     stride: u32,
-    flags: u32, // 1: NeoX layout, 2: q/k norm (weights: q norm then k norm)
+    flags: u32, // 1: NeoX layout, 2: q/k norm (weights: q norm then k norm), 4: add bias
     eps: f32,
-    _p0: u32,
+    splits: u32, // slabs the inputs are summed from; 0: read qkv
 }
 struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 
@@ -26,6 +28,8 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(4) var<storage, read_write> v_cache: array<u32>;
 @group(0) @binding(5) var<uniform> pp: PParams;
 @group(0) @binding(6) var<uniform> step: Step;
+@group(0) @binding(7) var<storage, read> slabs: array<f32>;
+@group(0) @binding(8) var<storage, read> bias: array<f32>;
 
 const WG: u32 = 64u;
 #include rotary
@@ -33,18 +37,29 @@ const WG: u32 = 64u;
 var<workgroup> head: array<f32, 256>;
 var<workgroup> sums: array<f32, WG>;
 
+// Token t's q/k/v value at column c.
+fn input(t: u32, c: u32) -> f32 {
+    if (pp.splits == 0u) { return qkv[t * pp.stride + c]; }
+    let slab = step.n_tok * pp.stride;
+    var v = 0.0;
+    for (var z = 0u; z < pp.splits; z++) { v += slabs[z * slab + t * pp.stride + c]; }
+    if ((pp.flags & 4u) != 0u) { v += bias[c]; }
+    return v;
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wid.y;
     let hd = pp.head_dim;
     let is_q = wid.x < pp.n_head;
     var hi = wid.x;
-    var base = t * pp.stride + wid.x * hd;
+    var col = wid.x * hd;
     if (!is_q) {
         hi = wid.x - pp.n_head;
-        base = t * pp.stride + (pp.n_head + hi) * hd;
+        col = (pp.n_head + hi) * hd;
     }
-    for (var d = lid; d < hd; d += WG) { head[d] = qkv[base + d]; }
+    let base = t * pp.stride + col;
+    for (var d = lid; d < hd; d += WG) { head[d] = input(t, col + d); }
 
     if ((pp.flags & 2u) != 0u) {
         var s = 0.0;
@@ -76,9 +91,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let kv_dim = pp.n_kv * hd;
     let dst = pos * (kv_dim / 2u) + hi * hd / 2u;
-    let vb = base + kv_dim;
+    let vc = col + kv_dim;
     for (var w = lid; w < hd / 2u; w += WG) {
         k_cache[dst + w] = pack2x16float(vec2<f32>(head[2u * w], head[2u * w + 1u]));
-        v_cache[dst + w] = pack2x16float(vec2<f32>(qkv[vb + 2u * w], qkv[vb + 2u * w + 1u]));
+        v_cache[dst + w] = pack2x16float(vec2<f32>(input(t, vc + 2u * w), input(t, vc + 2u * w + 1u)));
     }
 }

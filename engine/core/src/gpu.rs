@@ -172,7 +172,7 @@ impl Kernel {
             Kernel::SplitSum => &[Read, ReadWrite, Read, Uniform, Uniform],
             Kernel::Embed(_) => &[Read, Read, ReadWrite, Uniform, Uniform],
             Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite, Read],
-            Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform],
+            Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform, Read, Read],
             // One layout for both entry points, so they share a bind group.
             Kernel::Attention(_) | Kernel::AttentionTiles(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
             Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],

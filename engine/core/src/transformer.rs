@@ -114,8 +114,10 @@ struct PParams {
     stride: u32,
     flags: u32,
     eps: f32,
-    _p: u32,
+    /// Slabs of the q/k/v matmul the inputs are summed from; 0: read them from qkv.
+    splits: u32,
 }
+const ROPE_BIAS: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -436,7 +438,8 @@ struct Builder<'a> {
     dummy_out: &'a wgpu::Buffer,
     /// Where split matmuls put their slabs (prefill), and the most tokens a step has.
     split_scratch: Option<SplitScratch<'a>>,
-    /// A split matmul's slabs that the next norm adds up (instead of a SplitSum op).
+    /// A split matmul's slabs that the next op (a norm, or the rotary kernel) adds up
+    /// instead of a SplitSum op.
     slabs: Option<Slabs>,
     ops: Vec<Op>,
 }
@@ -446,6 +449,8 @@ struct Slabs {
     splits: u32,
     /// The matmul accumulates into its output (the residual).
     accumulate: bool,
+    /// The matmul has a bias, which the op that sums the slabs adds.
+    bias: bool,
 }
 
 /// A buffer that is dead while the matmuls that split run (the prefill's gate/up output).
@@ -469,9 +474,9 @@ struct Lin<'a> {
     /// RMS-normed with the first half of `norm`'s weights, then normed with the second half.
     post: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
     flags: u32,
-    /// A norm follows that can add up the slabs of a split matmul (prefill), saving the
-    /// SplitSum dispatch.
-    norm_next: bool,
+    /// The next op can add up the slabs of a split matmul (prefill: a norm, or the rotary
+    /// kernel after q/k/v), saving the SplitSum dispatch.
+    sum_next: bool,
 }
 
 /// "attn_q+attn_k" for blk.N.attn_q.weight+blk.N.attn_k.weight: profiles sum over layers.
@@ -541,8 +546,8 @@ impl Builder<'_> {
                 split_bind,
                 grid: Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes, group_rows, splits, glu },
             });
-            if splits > 1 && at.norm_next && at.bias.is_none() && m.parts.len() == 1 {
-                self.slabs = Some(Slabs { splits, accumulate: flags & ACCUMULATE != 0 });
+            if splits > 1 && at.sum_next && m.parts.len() == 1 {
+                self.slabs = Some(Slabs { splits, accumulate: flags & ACCUMULATE != 0, bias: at.bias.is_some() });
             } else if let Some(s) = scratch.filter(|_| splits > 1) {
                 let out_offset = (at.out_offset + p.row0 as usize) as u32;
                 let sflags = flags & (ACCUMULATE | BIAS);
@@ -585,6 +590,7 @@ impl Builder<'_> {
             (Some(s), Some(scratch)) => {
                 // Unless the residual takes them raw, the slabs stand for the matmul's own output.
                 assert!(!s.accumulate || flags & NORM_RAW != 0, "{label}: slabs of a matmul that accumulates");
+                assert!(!s.bias, "{label}: slabs of a matmul with a bias");
                 (flags | NORM_SLABS, s.splits, scratch.buffer)
             }
             _ => (flags, 0, self.dummy),
@@ -593,6 +599,24 @@ impl Builder<'_> {
         let bg = self.gpu.bind_group(Kernel::RmsNorm, &[x, w, y, &params, self.step, normed, slabs]);
         let label = if splits > 0 { format!("{label} +{splits} slabs") } else { label.into() };
         self.ops.push(Op { label, kernel: Kernel::RmsNorm, bind_group: bg, split_bind: None, grid: Grid::Rows });
+    }
+
+    /// rope_kv.wgsl over `n_heads` q and kv heads per token; pending slabs of the q/k/v
+    /// matmul (with its bias) are its input.
+    fn rope_kv(&mut self, [qkv, norm_w, freqs, k_cache, v_cache]: [&wgpu::Buffer; 5], bias: Option<&wgpu::Buffer>, params: PParams, n_heads: u32) {
+        let (params, slabs) = match (self.slabs.take(), &self.split_scratch) {
+            (Some(s), Some(scratch)) => {
+                assert!(!s.accumulate && s.bias == bias.is_some(), "RopeKv: slabs of another matmul");
+                let flags = params.flags | if s.bias { ROPE_BIAS } else { 0 };
+                (PParams { splits: s.splits, flags, ..params }, scratch.buffer)
+            }
+            _ => (params, self.dummy),
+        };
+        let label = if params.splits > 0 { format!("RopeKv +{} slabs", params.splits) } else { "RopeKv".into() };
+        let params = self.gpu.uniform("pparams", &params);
+        let buffers = [qkv, norm_w, freqs, k_cache, v_cache, &params, self.step, slabs, bias.unwrap_or(self.dummy)];
+        let bind_group = self.gpu.bind_group(Kernel::RopeKv, &buffers);
+        self.ops.push(Op { label, kernel: Kernel::RopeKv, bind_group, split_bind: None, grid: Grid::PerToken(n_heads) });
     }
 
     fn op(&mut self, kernel: Kernel, buffers: &[&wgpu::Buffer], grid: Grid) {
@@ -796,19 +820,16 @@ impl Transformer {
         };
         // [window][decode]: full and sliding-window layers, prefill and decode.
         let attn_params = [[aparams(0, false), aparams(0, true)], [aparams(cfg.window as u32, false), aparams(cfg.window as u32, true)]];
-        let pparams = g.uniform(
-            "pparams",
-            &PParams {
-                n_head: cfg.n_head as u32,
-                n_kv: cfg.n_kv_head as u32,
-                head_dim: cfg.head_dim as u32,
-                n_rot: cfg.n_rot as u32,
-                stride: qkv_stride as u32,
-                flags: cfg.rope_neox as u32 | if cfg.qk_norm { 2 } else { 0 },
-                eps: cfg.rms_eps,
-                _p: 0,
-            },
-        );
+        let rope = PParams {
+            n_head: cfg.n_head as u32,
+            n_kv: cfg.n_kv_head as u32,
+            head_dim: cfg.head_dim as u32,
+            n_rot: cfg.n_rot as u32,
+            stride: qkv_stride as u32,
+            flags: cfg.rope_neox as u32 | if cfg.qk_norm { 2 } else { 0 },
+            eps: cfg.rms_eps,
+            splits: 0,
+        };
 
         let mut last_post_ffw = None;
         // The layer before's post-FFN norm weights (post-norm models), for this layer's fold.
@@ -873,7 +894,7 @@ impl Transformer {
 
             for (b, decode) in [(&mut pre, false), (&mut dec, true)] {
                 // Decode normalises inside the matvecs; prefill writes xn once for all of them.
-                let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, post: None, flags, norm_next: false };
+                let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, post: None, flags, sum_next: false };
                 let before_attn = folded.as_ref().and_then(|f| f.0.as_ref());
                 if !decode {
                     match before_attn {
@@ -884,14 +905,16 @@ impl Transformer {
                     }
                 }
                 let (x, nw, res) = act.normed_input(decode, (&attn_norm, eps), before_attn, (&act.x_alt, &act.x));
-                for (m, offset) in &wqkv {
-                    b.linear(m, &Lin { bias: bqkv.as_ref(), post: res, ..lin(x, &act.qkv, *offset, qkv_stride, nw, 0) });
-                }
                 let norm_w = qk_norm.as_ref().unwrap_or(&dummy);
                 let fused = decode && fuse_rope;
+                // One q/k/v matrix split over its columns leaves its slabs to the rotary kernel.
+                let sum_next = !fused && wqkv.len() == 1;
+                for (m, offset) in &wqkv {
+                    b.linear(m, &Lin { bias: bqkv.as_ref(), post: res, sum_next, ..lin(x, &act.qkv, *offset, qkv_stride, nw, 0) });
+                }
                 if !fused {
-                    let pbind = [&act.qkv, norm_w, freqs, &k_cache, &v_cache, &pparams, &step];
-                    b.op(Kernel::RopeKv, &pbind, Grid::PerToken((cfg.n_head + cfg.n_kv_head) as u32));
+                    let heads = (cfg.n_head + cfg.n_kv_head) as u32;
+                    b.rope_kv([&act.qkv, norm_w, freqs, &k_cache, &v_cache], bqkv.as_ref(), rope, heads);
                 }
                 let abind = [&act.qkv, &k_cache, &v_cache, &act.part, &attn_params[swa][decode as usize], &step, &act.att, norm_w, freqs];
                 let (heads, tokens) = blocks[decode as usize];
@@ -904,13 +927,13 @@ impl Transformer {
                 b.op(Kernel::AttentionCombine, &abind, Grid::Combine((cfg.n_head * cfg.head_dim.div_ceil(COMBINE_DIMS)) as u32));
                 match &folded {
                     Some((_, post_attn_ffn_norm)) => {
-                        b.linear(&wo, &Lin { norm_next: true, ..lin(&act.att, &act.tmp, 0, e, None, 0) });
+                        b.linear(&wo, &Lin { sum_next: true, ..lin(&act.att, &act.tmp, 0, e, None, 0) });
                         if !decode {
                             b.post_norm(&act.tmp, post_attn_ffn_norm, &act.x, &act.xn, e, eps);
                         }
                     }
                     None => {
-                        b.linear(&wo, &Lin { norm_next: true, ..lin(&act.att, &act.x, 0, e, None, ACCUMULATE) });
+                        b.linear(&wo, &Lin { sum_next: true, ..lin(&act.att, &act.x, 0, e, None, ACCUMULATE) });
                         if !decode {
                             b.residual_norm(&act.x, &ffn_norm, &act.xn, e, eps);
                         }
@@ -931,20 +954,20 @@ impl Transformer {
                 }
                 match &folded {
                     Some(_) => {
-                        b.linear(&wd, &Lin { norm_next: true, ..lin(&act.ff, &act.tmp, 0, e, None, 0) });
+                        b.linear(&wd, &Lin { sum_next: true, ..lin(&act.ff, &act.tmp, 0, e, None, 0) });
                         // Other layers' post-FFN norms run with the next layer's first norm.
                         if let (false, Some(w)) = (decode, &last_post_ffw) {
                             b.norm(&act.tmp, w, &act.x, e, eps, true);
                         }
                     }
                     // The last layer's is followed by the heads' norms, in other op lists.
-                    None => b.linear(&wd, &Lin { norm_next: l + 1 < cfg.n_layer, ..lin(&act.ff, &act.x, 0, e, None, ACCUMULATE) }),
+                    None => b.linear(&wd, &Lin { sum_next: l + 1 < cfg.n_layer, ..lin(&act.ff, &act.x, 0, e, None, ACCUMULATE) }),
                 }
             }
         }
         let out_norm = vectors(&one("output_norm.weight", e), src).await?;
         let head = output.as_ref().unwrap_or(&embd);
-        let to_logits = |x, norm, flags| Lin { x, y: &logits, out_offset: 0, out_stride: cfg.vocab, bias: None, norm, post: None, flags, norm_next: false };
+        let to_logits = |x, norm, flags| Lin { x, y: &logits, out_offset: 0, out_stride: cfg.vocab, bias: None, norm, post: None, flags, sum_next: false };
         let body_prefill = std::mem::take(&mut pre.ops);
         let body_decode = std::mem::take(&mut dec.ops);
         pre.norm(&act.x, &out_norm, &act.xn, e, cfg.rms_eps, false);
@@ -1349,7 +1372,7 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
     let scratch = gpu.storage("split scratch", (floats * 4) as u64)?;
     let split_scratch = SplitScratch { buffer: &scratch, floats, max_tokens: n_tok };
     let mut b = Builder { gpu, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, ops: Vec::new() };
-    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, post: None, flags: 0, norm_next: false });
+    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, post: None, flags: 0, sum_next: false });
     submit_ops(gpu, &b.ops, n_tok as u32);
     let bytes = gpu.read(&y, 0, (n_tok * m.rows * 4) as u64).await?;
     Ok(bytemuck::cast_slice(&bytes).to_vec())
