@@ -19,6 +19,8 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 
 var<workgroup> sums: array<f32, 256>;
 
+#include slab_sum
+
 // The workgroup's sum of s (every invocation calls it).
 fn total(s: f32, lid: u32) -> f32 {
     sums[lid] = s;
@@ -33,12 +35,7 @@ fn total(s: f32, lid: u32) -> f32 {
 }
 
 fn input(i: u32) -> f32 {
-    if ((np.flags & 4u) != 0u) {
-        let slab = step.n_tok * np.n;
-        var v = 0.0;
-        for (var z = 0u; z < np.splits; z++) { v += slabs[z * slab + i]; }
-        return v;
-    }
+    if ((np.flags & 4u) != 0u) { return slab_sum(i, step.n_tok * np.n, np.splits); }
     return x[i];
 }
 

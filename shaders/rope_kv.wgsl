@@ -33,6 +33,7 @@ struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
 
 const WG: u32 = 64u;
 #include rotary
+#include slab_sum
 
 var<workgroup> head: array<f32, 256>;
 var<workgroup> sums: array<f32, WG>;
@@ -40,9 +41,7 @@ var<workgroup> sums: array<f32, WG>;
 // Token t's q/k/v value at column c.
 fn input(t: u32, c: u32) -> f32 {
     if (pp.splits == 0u) { return qkv[t * pp.stride + c]; }
-    let slab = step.n_tok * pp.stride;
-    var v = 0.0;
-    for (var z = 0u; z < pp.splits; z++) { v += slabs[z * slab + t * pp.stride + c]; }
+    var v = slab_sum(t * pp.stride + c, step.n_tok * pp.stride, pp.splits);
     if ((pp.flags & 4u) != 0u) { v += bias[c]; }
     return v;
 }

@@ -52,6 +52,7 @@ fn compose(src: &str, subgroups: bool) -> String {
             Some("activation") => include_str!("../../../shaders/activation.wgsl"),
             Some("rotary") => include_str!("../../../shaders/rotary.wgsl"),
             Some("attention_common") => include_str!("../../../shaders/attention_common.wgsl"),
+            Some("slab_sum") => include_str!("../../../shaders/slab_sum.wgsl"),
             Some("reduce") if subgroups => {
                 uses_subgroups = true;
                 include_str!("../../../shaders/reduce_subgroup.wgsl")
