@@ -493,7 +493,7 @@ fn role(name: &str) -> String {
 
 impl Builder<'_> {
     fn linear(&mut self, m: &Matrix, at: &Lin) {
-        assert!(self.slabs.is_none(), "{} after a split matmul whose slabs no norm added up", m.name);
+        assert!(self.slabs.is_none(), "{} after a split matmul whose slabs nothing added up", m.name);
         let glu = at.flags & GLU != 0;
         for p in &m.parts {
             let mut flags = at.flags | if at.bias.is_some() { BIAS } else { 0 };
@@ -620,7 +620,7 @@ impl Builder<'_> {
     }
 
     fn op(&mut self, kernel: Kernel, buffers: &[&wgpu::Buffer], grid: Grid) {
-        assert!(self.slabs.is_none(), "{kernel:?} after a split matmul whose slabs no norm added up");
+        assert!(self.slabs.is_none(), "{kernel:?} after a split matmul whose slabs nothing added up");
         let bg = self.gpu.bind_group(kernel, buffers);
         self.ops.push(Op { label: format!("{kernel:?}"), kernel, bind_group: bg, split_bind: None, grid });
     }
