@@ -1,6 +1,8 @@
 // Gated linear unit: out[t][i] = act(gu[t][i]) * gu[t][n + i], where gu holds each token's
 // gate and up projections side by side. act 0 = SiLU (SwiGLU), 1 = tanh-approximated GELU
-// (GeGLU, Gemma). The decode path fuses this into the gate/up matvec (matvec.wgsl's GLU).
+// (GeGLU, Gemma). Where gate and up are one stacked matrix, the gate/up matvec (decode) and
+// tiled matmul (prefill) fuse this instead; it runs for separate gate and up matrices and
+// for CPU adapters' untiled matmul.
 
 struct GParams { n: u32, act: u32, _p0: u32, _p1: u32 }
 struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
