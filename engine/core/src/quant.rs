@@ -178,6 +178,54 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The 32 integers of a Q4_0, Q5_0 or Q8_0 block (value = integer * d, d the f16 at byte 0).
+fn symmetric_ints(ty: GgmlType, b: &[u8]) -> [i8; 32] {
+    let mut q = [0i8; 32];
+    match ty {
+        GgmlType::Q4_0 => {
+            for (j, &byte) in b[2..18].iter().enumerate() {
+                q[j] = (byte & 0xF) as i8 - 8;
+                q[j + 16] = (byte >> 4) as i8 - 8;
+            }
+        }
+        GgmlType::Q5_0 => {
+            let qh = u32::from_le_bytes(b[2..6].try_into().unwrap());
+            for (j, &byte) in b[6..22].iter().enumerate() {
+                q[j] = ((byte & 0xF) as u32 | ((qh >> j) & 1) << 4) as i8 - 16;
+                q[j + 16] = ((byte >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as i8 - 16;
+            }
+        }
+        GgmlType::Q8_0 => q.iter_mut().zip(&b[2..34]).for_each(|(q, &byte)| *q = byte as i8),
+        _ => unreachable!("{} is not a symmetric 32-block type", ty.name()),
+    }
+    q
+}
+
+/// The type that `types` stack as, if they can share one matrix: their own where they agree;
+/// Q8_0 for a mix of Q4_0, Q5_0 and Q8_0, which widen to it exactly (same blocks, same
+/// scales, integers in range), so a layer whose q/k and v differ in type (Gemma 3 270M's
+/// Q5_0 and Q8_0) still takes one dispatch.
+pub fn stack_type(types: &[GgmlType]) -> Option<GgmlType> {
+    let symmetric = |t: &GgmlType| matches!(t, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0);
+    if types.iter().all(|&t| t == types[0]) {
+        Some(types[0])
+    } else if types.iter().all(symmetric) {
+        Some(GgmlType::Q8_0)
+    } else {
+        None
+    }
+}
+
+/// Rewrites whole `ty` blocks (Q4_0, Q5_0 or Q8_0) as Q8_0 blocks with the same values.
+pub fn widen_to_q8_0(ty: GgmlType, src: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() / ty.block_bytes() * GgmlType::Q8_0.block_bytes());
+    for b in src.chunks_exact(ty.block_bytes()) {
+        out.extend_from_slice(&b[..2]);
+        out.extend(symmetric_ints(ty, b).iter().map(|&q| q as u8));
+    }
+    out
+}
+
 /// CPU reference dequantization of whole blocks from file bytes: the ground truth that
 /// kernels are tested against.
 pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut Vec<f32>) {
@@ -190,33 +238,15 @@ pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut Vec<f32>) {
                 bf16::from_le_bytes([b[0], b[1]]).to_f32(),
                 bf16::from_le_bytes([b[2], b[3]]).to_f32(),
             ]),
-            GgmlType::Q4_0 => {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => {
                 let d = f16_at(b, 0);
-                let qs = &b[2..18];
-                out.extend(qs.iter().map(|&q| ((q & 0xF) as i32 - 8) as f32 * d));
-                out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+                out.extend(symmetric_ints(ty, b).iter().map(|&q| q as f32 * d));
             }
             GgmlType::Q4_1 => {
                 let (d, m) = (f16_at(b, 0), f16_at(b, 2));
                 let qs = &b[4..20];
                 out.extend(qs.iter().map(|&q| (q & 0xF) as f32 * d + m));
                 out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
-            }
-            GgmlType::Q5_0 => {
-                let d = f16_at(b, 0);
-                let qh = u32::from_le_bytes(b[2..6].try_into().unwrap());
-                let qs = &b[6..22];
-                for half in 0..2 {
-                    for j in 0..16 {
-                        let lo = if half == 0 { qs[j] & 0xF } else { qs[j] >> 4 } as u32;
-                        let hi = (qh >> (j + 16 * half)) & 1;
-                        out.push(((lo | (hi << 4)) as i32 - 16) as f32 * d);
-                    }
-                }
-            }
-            GgmlType::Q8_0 => {
-                let d = f16_at(b, 0);
-                out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
             }
             GgmlType::Q4K | GgmlType::Q5K => {
                 let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));

@@ -180,31 +180,44 @@ pub struct Matrix {
     pub parts: Vec<WeightPart>,
 }
 
+impl Matrix {
+    /// Bytes of its GPU buffers, all read once per token by a matvec.
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.buffer.size()).sum()
+    }
+}
+
 /// Streams a 2-D weight from the file into GPU buffers in the kernels' layout.
 pub async fn upload_matrix(gpu: &Gpu, src: &mut impl ByteSource, t: &TensorInfo) -> Result<Matrix> {
     upload_stacked(gpu, src, &[t]).await
 }
 
-/// Whether `ts` can be stacked into one matrix: one quant type, one row length, and (for
-/// the separated f16 scales, two to a word) an even block count in all but the last.
+/// Whether `ts` can be stacked into one matrix: one row length, types that stack
+/// (`quant::stack_type`), and (for the separated f16 scales, two to a word) an even block
+/// count in all but the last.
 pub fn stackable(ts: &[&TensorInfo]) -> bool {
-    let (ty, k) = (ts[0].ty, ts[0].rows_cols().1);
-    ts.iter().all(|t| t.ty == ty && t.rows_cols().1 == k)
+    let k = ts[0].rows_cols().1;
+    let Some(ty) = stack_type(ts) else { return false };
+    ts.iter().all(|t| t.rows_cols().1 == k)
         && ts[..ts.len() - 1].iter().all(|t| {
             let (rows, k) = t.rows_cols();
             (rows * k / ty.block_size() as u64) % 2 == 0
         })
 }
 
-/// Streams weights with one quant type and row length into GPU buffers as one matrix whose
-/// rows are theirs in order (q, k and v as one; gate over up), so that one dispatch
+fn stack_type(ts: &[&TensorInfo]) -> Option<GgmlType> {
+    quant::stack_type(&ts.iter().map(|t| t.ty).collect::<Vec<_>>())
+}
+
+/// Streams weights with one row length into GPU buffers as one matrix of their stack type
+/// whose rows are theirs in order (q, k and v as one; gate over up), so that one dispatch
 /// applies them all.
 pub async fn upload_stacked(gpu: &Gpu, src: &mut impl ByteSource, ts: &[&TensorInfo]) -> Result<Matrix> {
     debug_assert!(stackable(ts));
     let t0 = ts[0];
     let k = t0.rows_cols().1 as usize;
     let rows: usize = ts.iter().map(|t| t.rows_cols().0 as usize).sum();
-    let ty = t0.ty;
+    let ty = stack_type(ts).expect("stackable");
     if k % 32 != 0 {
         return Err(Error::Unsupported(format!("tensor `{}` has row length {k}, not a multiple of 32", t0.name)));
     }
@@ -244,9 +257,13 @@ pub async fn upload_stacked(gpu: &Gpu, src: &mut impl ByteSource, ts: &[&TensorI
             let (t, in_t) = (ts[i], row0 + r - starts[i]);
             // A chunk never crosses from one tensor into the next.
             let m = chunk_rows.min(n - r).min(t.rows_cols().0 as usize - in_t);
-            let bytes = src.read_at(t.offset + (in_t * row_bytes) as u64, m * row_bytes).await?;
-            if bytes.len() != m * row_bytes {
+            let file_row_bytes = blocks_per_row * t.ty.block_bytes();
+            let mut bytes = src.read_at(t.offset + (in_t * file_row_bytes) as u64, m * file_row_bytes).await?;
+            if bytes.len() != m * file_row_bytes {
                 return Err(Error::Corrupt(format!("file ended inside tensor `{}`", t.name)));
+            }
+            if t.ty != ty {
+                bytes = quant::widen_to_q8_0(t.ty, &bytes);
             }
             let (mut bodies, mut scales) = (Vec::new(), Vec::new());
             quant::repack(ty, &bytes, &mut bodies, &mut scales);
@@ -417,10 +434,10 @@ pub struct Transformer {
     /// Two readback slots, so one step's id can be read while the next is in flight.
     result_staging: [wgpu::Buffer; 2],
     next_slot: std::cell::Cell<usize>,
-    /// Bytes of weights on the GPU, and of KV cache.
+    /// Bytes of weights in the file (GPU memory's yardstick), and of KV cache.
     pub weight_bytes: u64,
     pub kv_bytes: u64,
-    /// Bytes of weights read from memory per decoded token (the bandwidth floor).
+    /// Bytes of GPU weights read per decoded token (the bandwidth floor).
     pub bytes_per_token: u64,
     /// Bytes of GPU buffers the model holds: weights, KV cache, activations, scratch.
     pub gpu_bytes: u64,
@@ -695,7 +712,7 @@ impl Transformer {
             None => None,
         };
         // Decode reads every layer weight and the output head once per token.
-        bytes_per_token += tensor(if output.is_some() { "output.weight" } else { "token_embd.weight" })?.size;
+        bytes_per_token += output.as_ref().unwrap_or(&embd).bytes();
 
         // Small vectors (norm weights, biases) side by side in one buffer.
         let read_vectors = async |names: &[(String, usize)], src: &mut _| -> Result<Vec<f32>> {
@@ -845,9 +862,7 @@ impl Transformer {
             let ffn_norm = upload(&n("ffn_norm.weight"), &ffn_norm_v)?;
             let wgu = matrices(&[(n("ffn_gate.weight"), cfg.n_ff), (n("ffn_up.weight"), cfg.n_ff)], e, src).await?;
             let wd = matrices(&one(&n("ffn_down.weight"), e), cfg.n_ff, src).await?.remove(0).0;
-            for (name, _) in qkv_names.iter().chain(&[(n("attn_output.weight"), 0), (n("ffn_gate.weight"), 0), (n("ffn_up.weight"), 0), (n("ffn_down.weight"), 0)]) {
-                bytes_per_token += tensor(name)?.size;
-            }
+            bytes_per_token += wqkv.iter().chain(&wgu).map(|(m, _)| m.bytes()).sum::<u64>() + wo.bytes() + wd.bytes();
             let bqkv = if cfg.qkv_bias {
                 Some(vectors(&[(n("attn_q.bias"), qd), (n("attn_k.bias"), kvd), (n("attn_v.bias"), kvd)], src).await?)
             } else {

@@ -78,9 +78,10 @@ impl Model {
             let n = |s: &str| format!("blk.{l}.{s}");
             w.push(norm(&n("attn_norm.weight"), EMBD, next()));
             // Mixed quant types, so the family test also crosses the dequantizing kernels.
-            // Layer 0 mixes types within q/k/v and gate/up (separate matvecs); layer 1 does
-            // not, so the engine stacks them (one QKV matvec, gate/up with the fused GLU).
-            let (k_ty, up_ty) = if l == 0 { (GgmlType::F16, GgmlType::Q4K) } else { (GgmlType::Q8_0, GgmlType::Q4_0) };
+            // Layer 0 mixes types within q/k/v and gate/up that do not stack (separate
+            // matvecs); layer 1 stacks them: q/k/v as one Q8_0 matrix, its k widened from
+            // Q5_0, and gate/up (one type) with the fused GLU.
+            let (k_ty, up_ty) = if l == 0 { (GgmlType::F16, GgmlType::Q4K) } else { (GgmlType::Q5_0, GgmlType::Q4_0) };
             w.push(weight(&n("attn_q.weight"), qd, EMBD, GgmlType::Q8_0, next()));
             w.push(weight(&n("attn_k.weight"), kvd, EMBD, k_ty, next()));
             w.push(weight(&n("attn_v.weight"), kvd, EMBD, GgmlType::Q8_0, next()));

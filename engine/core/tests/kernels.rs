@@ -47,6 +47,23 @@ fn every_quant_type_matches_reference_on_awkward_shapes() {
     }
 }
 
+/// Q4_0 and Q5_0 widen to Q8_0 with every value unchanged (how mixed q/k/v stack), and the
+/// stack type is Q8_0 only for such mixes.
+#[test]
+fn widening_to_q8_0_keeps_every_value() {
+    for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+        let bytes = quant::random_blocks(ty, 64, 7);
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        quant::dequantize(ty, &bytes, &mut want);
+        quant::dequantize(GgmlType::Q8_0, &quant::widen_to_q8_0(ty, &bytes), &mut got);
+        assert_eq!(got, want, "{}", ty.name());
+    }
+    assert_eq!(quant::stack_type(&[GgmlType::Q5_0, GgmlType::Q5_0, GgmlType::Q8_0]), Some(GgmlType::Q8_0));
+    assert_eq!(quant::stack_type(&[GgmlType::Q4_0, GgmlType::Q4_0]), Some(GgmlType::Q4_0));
+    assert_eq!(quant::stack_type(&[GgmlType::Q4_1, GgmlType::Q8_0]), None);
+    assert_eq!(quant::stack_type(&[GgmlType::Q4K, GgmlType::Q6K]), None);
+}
+
 /// The GPU configuration on this CPU adapter, which otherwise runs one matvec lane per row
 /// and untiled matmuls: the matvec with 32 lanes per row (summed with subgroup shuffles
 /// where the adapter has subgroups, else through workgroup memory) and the tiled matmul,
