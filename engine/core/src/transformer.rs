@@ -339,6 +339,7 @@ struct Activations {
     tmp: wgpu::Buffer,
     /// Per token: q, k and v side by side.
     qkv: wgpu::Buffer,
+    /// Attention's key-split partials (the logits' buffer).
     part: wgpu::Buffer,
     att: wgpu::Buffer,
     /// Per token: gate and up side by side.
@@ -427,6 +428,7 @@ pub struct Transformer {
     sample: Vec<Op>,
     step: wgpu::Buffer,
     ids: wgpu::Buffer,
+    /// Shared with attention's partials: a forward's logits hold until the next forward.
     pub logits: wgpu::Buffer,
     sample_params: wgpu::Buffer,
     penalties: wgpu::Buffer,
@@ -758,13 +760,23 @@ impl Transformer {
         let chunk_blocks = cfg.n_head / blocks[0].0 * max_batch.div_ceil(blocks[0].1);
         let chunk_splits = (g.tuning().min_workgroups as usize).div_ceil(chunk_blocks).clamp(4, 16);
         let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).min(MAX_SPLITS).max(chunk_splits * max_batch);
+        let part_bytes = f32s(split_slots * cfg.n_head * (cfg.head_dim + 2));
+        // Rows of logits one pass can return (scoring, perplexity): about 3% of the weights'
+        // size, so GPU memory stays near weights + KV cache (Gemma's 262k vocabulary makes a
+        // row 1 MB), or as many as fit beside attention's partials. The two share one buffer:
+        // partials live within a layer's attention, logits from the head until the step's
+        // sampler or the caller's readback, before the next forward's attention.
+        let row_bytes = f32s(cfg.vocab);
+        let file_weights: u64 = gguf.tensors.iter().map(|t| t.size).sum();
+        let logit_rows = ((g.max_binding().min((file_weights / 32).max(part_bytes)) / row_bytes) as usize).clamp(1, max_batch);
+        let logits = g.storage("attention partials, logits", part_bytes.max(row_bytes * logit_rows as u64))?;
         let act = Activations {
             x: g.storage("x", f32s(max_batch * e))?,
             x_alt: g.storage("x_alt", f32s(if cfg.post_norms { e } else { 1 }))?,
             xn: g.storage("xn", f32s(max_batch * e))?,
             tmp: g.storage("tmp", f32s(max_batch * e))?,
             qkv: g.storage("qkv", f32s(max_batch * qkv_stride))?,
-            part: g.storage("attention partials", f32s(split_slots * cfg.n_head * (cfg.head_dim + 2)))?,
+            part: logits.clone(),
             att: g.storage("att", f32s(max_batch * qd))?,
             gu: g.storage("gate_up", f32s(max_batch * 2 * cfg.n_ff))?,
             ff: g.storage("ffn", f32s(max_batch * cfg.n_ff))?,
@@ -773,13 +785,6 @@ impl Transformer {
         let ids = g.storage("ids", (max_batch * 4) as u64)?;
         let dummy = g.storage("dummy", 16)?;
         let dummy_out = g.storage("dummy", 16)?;
-        let row_bytes = f32s(cfg.vocab);
-        // Rows of logits one pass can return (scoring, perplexity): about 3% of the weights'
-        // size, so GPU memory stays near weights + KV cache (Gemma's 262k vocabulary makes a
-        // row 1 MB).
-        let file_weights: u64 = gguf.tensors.iter().map(|t| t.size).sum();
-        let logit_rows = ((g.max_binding().min(file_weights / 32) / row_bytes) as usize).clamp(1, max_batch);
-        let logits = g.storage("logits", row_bytes * logit_rows as u64)?;
 
         let rope_factors = match gguf.tensor("rope_freqs.weight") {
             Some(t) => {
