@@ -301,7 +301,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     // split this is the whole attention: normalise and write the result (no combine runs).
     let whole = step.splits == 1u;
     if (lid < members) { corr[lid] = l; } // now each block query's sum
-    let stride = hd + 2u;
+    let stride = part_stride(hd);
     for (var g = 0u; g < HEADS; g++) {
         if (g < members) {
             if (ks < slices) {
@@ -347,7 +347,7 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let parts = (hd + CDIMS - 1u) / CDIMS;
     let h = wid.x / parts;
     let t = wid.y;
-    let stride = hd + 2u;
+    let stride = part_stride(hd);
     let base = (t * ap.n_head + h) * step.splits * stride;
     // Splits' maxima and sums, one split per thread (at most MAX_SPLITS = CWG of them).
     let mine = lid < step.splits;

@@ -25,8 +25,13 @@ struct Step { n_tok: u32, pos0: u32, splits: u32, chunk: u32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(2) var<storage, read_write> v_cache: array<u32>;
-// Per (token, head, split): head_dim accumulators, then max, then sum.
+// Per (token, head, split): head_dim accumulators, then max, then sum, padded to whole
+// vec4s (the matvec that merges the splits reads them as vec4s: matvec.wgsl's MERGE).
 @group(0) @binding(3) var<storage, read_write> part: array<f32>;
+
+fn part_stride(hd: u32) -> u32 {
+    return hd + 4u;
+}
 @group(0) @binding(4) var<uniform> ap: AParams;
 @group(0) @binding(5) var<uniform> step: Step;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;

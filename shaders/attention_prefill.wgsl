@@ -286,7 +286,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (g < b.members) {
             let m = member(g, b.h0, b.t0);
             let ob = (m.y * ap.n_head + m.x) * HD;
-            let pb = ((m.y * ap.n_head + m.x) * step.splits + wid.y) * (HD + 2u);
+            let pb = ((m.y * ap.n_head + m.x) * step.splits + wid.y) * part_stride(HD);
             let f = select(1.0, 1.0 / sum[i], whole);
             let base = select(pb, ob, whole);
             for (var om = 0u; om < OM; om++) {

@@ -21,6 +21,13 @@
 //   the first row's lanes of the first workgroup write the new residual to `res_out`, a
 //   second buffer, since other workgroups still read `res_in`.
 //
+// - MERGE (decode's attention output projection; its own pipeline, MERGE_VEC4S > 1): x holds
+//   attention's key-split partials for the token (attention_common.wgsl's layout: per head
+//   and split, head_dim values, max and sum, in vec4s), and every workgroup merges them into
+//   workgroup memory before its products, so no combine pass runs between attention and
+//   this matvec. The engine merges where the heads fit in xm and their splits in split_w
+//   (short contexts); longer ones run the combine pass and a plain matvec.
+//
 // `many` is the entry for matrices with many rows (vocabulary heads), which are bound by
 // bandwidth rather than latency: each group of LANES lanes takes 8 rows, loading (and
 // normalising) each x value once for all of them and keeping 8 weight loads in flight per
@@ -35,9 +42,9 @@ struct WParams {
     flags: u32,        // 1: accumulate into y, 2: add bias, 4: only the step's last token,
                        // 8: NORM, 16: GLU, 32: POST; act in bits 8..
     eps: f32,
-    _p1: u32,
+    head_dim: u32,     // MERGE: the heads' width (a matmul's columns per split)
 }
-struct Step { n_tok: u32, pos0: u32, _p0: u32, _p1: u32 }
+struct Step { n_tok: u32, pos0: u32, splits: u32, _p1: u32 }
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -77,6 +84,65 @@ fn inverse_rms(xb: u32, n4: u32, lid: u32) -> f32 {
 
 #include activation
 
+// Sizes of MERGE's workgroup memory, set only in its pipeline (other matvecs hold none).
+override MERGE_VEC4S: u32 = 1u;
+override MERGE_PAIRS: u32 = 1u;
+var<workgroup> xm: array<vec4<f32>, MERGE_VEC4S>;  // the merged attention output
+var<workgroup> split_w: array<f32, MERGE_PAIRS>;   // per (head, split), its weight
+
+// Pair (head h, split s)'s share of dimensions 4d4..4d4+3: its weight times its values
+// (zero past the splits, whose last is read again so the loads need no branch).
+fn split_share(h: u32, s: u32, n: u32, stride4: u32, d4: u32) -> vec4<f32> {
+    let si = min(s, n - 1u);
+    return select(0.0, split_w[h * n + si], s < n) * x[(h * n + si) * stride4 + d4];
+}
+
+// MERGE: the token's attention output into xm, from its `step.splits` key splits (flash
+// decoding's combine). Every invocation must call it.
+fn merge_splits(lid: u32) {
+    let hd = wp.head_dim;
+    let n = step.splits;
+    let pairs = (wp.k / hd) * n;
+    let stride4 = (hd + 4u) / 4u;
+    // One pair per thread: its max and sum; its head's max over the splits; the pair's
+    // weight exp(m - max) / sum over the head's splits of exp(m' - max) * sum'.
+    let mine = lid < pairs;
+    let ml = x[min(lid, pairs - 1u) * stride4 + hd / 4u].xy;
+    let h0 = min((lid / n) * n, MERGE_PAIRS - n);
+    split_w[lid] = select(-3.0e38, ml.x, mine);
+    workgroupBarrier();
+    var mx = -3.0e38;
+    for (var s = 0u; s < n; s++) { mx = max(mx, split_w[h0 + s]); }
+    let e = select(0.0, exp(ml.x - mx), mine);
+    workgroupBarrier();
+    split_w[lid] = e * ml.y;
+    workgroupBarrier();
+    var total = 0.0;
+    for (var s = 0u; s < n; s++) { total += split_w[h0 + s]; }
+    workgroupBarrier();
+    split_w[lid] = select(0.0, e / total, mine);
+    workgroupBarrier();
+    // Four dimensions per thread and round, four splits' loads in flight (heads are
+    // multiples of 16 wide, so a vec4 never straddles two).
+    for (var g = lid; g < wp.k / 4u; g += 256u) {
+        let h = 4u * g / hd;
+        let d4 = g - h * (hd / 4u);
+        var acc = vec4<f32>(0.0);
+        for (var s = 0u; s < n; s += 4u) {
+            acc += split_share(h, s, n, stride4, d4) + split_share(h, s + 1u, n, stride4, d4)
+                + split_share(h, s + 2u, n, stride4, d4) + split_share(h, s + 3u, n, stride4, d4);
+        }
+        xm[g] = acc;
+    }
+    workgroupBarrier();
+}
+
+// x's columns 4gi..4gi+3 for the token at xb: from xm where MERGE made it.
+fn x4(xb: u32, gi: u32) -> vec4<f32> {
+    if (MERGE_VEC4S > 1u) { return xm[gi]; }
+    return x[xb + gi];
+}
+
 // The token whose row of x this dispatch reads: the step's last with flag 4, else the first.
 fn token() -> u32 {
     if ((wp.flags & 4u) != 0u) { return step.n_tok - 1u; }
@@ -107,7 +173,7 @@ fn weights4(r: u32, g: u32, n4: u32, glu: bool) -> Weights4 {
 // row's end.
 fn apply4(wt: Weights4, xb: u32, g: u32, n4: u32, norm: bool, glu: bool, post: bool) -> vec3<f32> {
     let gi = min(g, n4 - 1u);
-    var xv = x[xb + gi];
+    var xv = x4(xb, gi);
     var out = vec3<f32>(0.0);
     var nw = gi;
     if (post) {
@@ -145,8 +211,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let post = (wp.flags & 32u) != 0u;
     let n4 = wp.k / 4u;
     let xb = token() * n4;
-    // The first four groups' weights go out before POST's sum of squares, whose barriers
-    // would hold them back. (Rows past the end load the last row and write nothing.)
+    // The first four groups' weights go out before POST's sum of squares and MERGE, whose
+    // barriers would hold them back. (Rows past the end load the last row and write nothing.)
     let rr = min(r, wp.rows - 1u);
     let w0 = weights4(rr, lane, n4, glu);
     let w1 = weights4(rr, lane + LANES, n4, glu);
@@ -156,6 +222,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         post_inv = inverse_rms(xb, n4, lid);
         post_keep = wg == 0u && row_in_wg == 0u;
     }
+    if (MERGE_VEC4S > 1u) { merge_splits(lid); }
     // x: dot with the row; y: dot with the up row (GLU); z: sum of squares of x (NORM).
     var acc = apply4(w0, xb, lane, n4, norm, glu, post) + apply4(w1, xb, lane + LANES, n4, norm, glu, post)
         + apply4(w2, xb, lane + 2u * LANES, n4, norm, glu, post) + apply4(w3, xb, lane + 3u * LANES, n4, norm, glu, post);

@@ -19,8 +19,9 @@ pub enum Bind {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Kernel {
     /// Matrix x vector with this many threads per row, each group of them taking this many
-    /// rows: 1, or MATVEC_MANY_ROWS (matvec.wgsl's `many`, for bandwidth-bound matrices).
-    MatVec(GgmlType, u32, u32),
+    /// rows: 1, or MATVEC_MANY_ROWS (matvec.wgsl's `many`, for bandwidth-bound matrices);
+    /// and whether x is attention's key-split partials, merged first (matvec.wgsl's MERGE).
+    MatVec(GgmlType, u32, u32, bool),
     /// The tiled prefill matmul, with tiles of this many rows.
     MatMul(GgmlType, u32),
     /// The prefill matmul without workgroup tiles, for CPU adapters.
@@ -145,8 +146,8 @@ impl Kernel {
             format!("{}\n#include quant\nfn load4(r: u32, k: u32) -> vec4<f32> {{ return {f}(r, k); }}\n", body)
         };
         let (src, entry) = match self {
-            Kernel::MatVec(t, _, 1) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
-            Kernel::MatVec(t, _, _) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "many"),
+            Kernel::MatVec(t, _, 1, _) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
+            Kernel::MatVec(t, _, _, _) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "many"),
             Kernel::MatMul(t, rows) => (quant(&matmul(f16, rows), t), "main"),
             Kernel::MatMulRows(t) => (quant(&matmul(false, 64), t), "rows"),
             Kernel::SplitSum => (include_str!("../../../shaders/split_sum.wgsl").into(), "main"),
@@ -226,6 +227,11 @@ pub const MIN_SPLIT_COLUMNS: usize = 32;
 
 /// Rows per group of lanes in matvec.wgsl's `many`.
 pub const MATVEC_MANY_ROWS: u32 = 8;
+/// matvec.wgsl's MERGE: the most attention output floats (heads x head_dim) and (head, key
+/// split) pairs its workgroup memory holds (8 KB and 1 KB, within WebGPU's 16 KB with the
+/// reductions' 5 KB).
+pub const MERGE_FLOATS: usize = 2048;
+pub const MERGE_PAIRS: usize = 256;
 
 impl Tuning {
     pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, min_workgroups: 128, split_workgroups: 512, attention_tile_bytes: u32::MAX, whole_attention_keys: 0 };
@@ -485,10 +491,16 @@ impl Gpu {
     /// Pipeline-overridable constants tuned to the adapter.
     fn overrides(&self, kernel: Kernel) -> Vec<(&'static str, f64)> {
         match kernel {
-            Kernel::MatVec(_, lanes, _) if self.summary.subgroups => {
-                vec![("LANES", lanes as f64), ("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
+            Kernel::MatVec(_, lanes, _, merged) => {
+                let mut o = vec![("LANES", lanes as f64)];
+                if self.summary.subgroups {
+                    o.push(("SG_MIN", self.summary.subgroup_min_size.max(1) as f64));
+                }
+                if merged {
+                    o.extend([("MERGE_VEC4S", (MERGE_FLOATS / 4) as f64), ("MERGE_PAIRS", MERGE_PAIRS as f64)]);
+                }
+                o
             }
-            Kernel::MatVec(_, lanes, _) => vec![("LANES", lanes as f64)],
             _ => Vec::new(),
         }
     }

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf, TensorInfo};
-use crate::gpu::{Gpu, Kernel};
+use crate::gpu::{Gpu, Kernel, MERGE_FLOATS, MERGE_PAIRS};
 use crate::models::{Activation, Config};
 use crate::quant::{self, GgmlType};
 
@@ -54,7 +54,8 @@ struct WParams {
     out_stride: u32,
     flags: u32,
     eps: f32,
-    /// Columns per split of a split matmul (matmul.wgsl), k where it is not split.
+    /// Columns per split of a split matmul (matmul.wgsl), k where it is not split; a MERGE
+    /// matvec's head dimension.
     split_k: u32,
 }
 
@@ -77,6 +78,9 @@ const NORM: u32 = 8;
 const GLU: u32 = 16;
 /// The input is a residual plus the RMS-normed x (matvec.wgsl); with NORM.
 const POST: u32 = 32;
+/// The most key splits per head a MERGE matvec merges (beyond, the combine pass runs): the
+/// merge reads every split's values in every workgroup, which pays only for short contexts.
+const MERGE_MAX_SPLITS: u32 = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -329,6 +333,28 @@ struct Op {
     /// A split matmul's bindings: its sums go to the split scratch, not to y.
     split_bind: Option<wgpu::BindGroup>,
     grid: Grid,
+    when: When,
+}
+
+/// Which steps run an op, by their attention key splits: the decode path's output
+/// projection merges 2..=MERGE_MAX_SPLITS of them itself; other steps combine them in a pass
+/// of their own (none with one split: attention writes its output whole).
+#[derive(Clone, Copy, PartialEq)]
+enum When {
+    Always,
+    Merged,
+    Combined,
+}
+
+impl When {
+    fn runs(self, splits: u32) -> bool {
+        let merged = (2..=MERGE_MAX_SPLITS).contains(&splits);
+        match self {
+            When::Always => true,
+            When::Merged => merged,
+            When::Combined => !merged,
+        }
+    }
 }
 
 struct Activations {
@@ -460,6 +486,8 @@ struct Builder<'a> {
     /// A split matmul's slabs that the next op (a norm, or the rotary kernel) adds up
     /// instead of a SplitSum op.
     slabs: Option<Slabs>,
+    /// The steps that the ops pushed now run in.
+    when: When,
     ops: Vec<Op>,
 }
 
@@ -496,6 +524,8 @@ struct Lin<'a> {
     /// The next op can add up the slabs of a split matmul (prefill: a norm, or the rotary
     /// kernel after q/k/v), saving the SplitSum dispatch.
     sum_next: bool,
+    /// MERGE: x is attention's key-split partials of heads this wide.
+    merged_heads: Option<u32>,
 }
 
 /// "attn_q+attn_k" for blk.N.attn_q.weight+blk.N.attn_k.weight: profiles sum over layers.
@@ -531,10 +561,10 @@ impl Builder<'_> {
                     out_stride: at.out_stride as u32,
                     flags,
                     eps: at.norm.map_or(0.0, |n| n.1),
-                    split_k: m.k as u32,
+                    split_k: at.merged_heads.unwrap_or(m.k as u32),
                 },
             );
-            let kernel = Kernel::MatVec(m.ty, lanes, group_rows);
+            let kernel = Kernel::MatVec(m.ty, lanes, group_rows, at.merged_heads.is_some());
             let (res_in, res_out) = at.post.unwrap_or((self.dummy, self.dummy_out));
             let bind = [&p.buffer, at.x, at.y, at.bias.unwrap_or(self.dummy), &params, self.step, at.norm.map_or(self.dummy, |n| n.0), res_in, res_out];
             let bg = self.gpu.bind_group(kernel, &bind);
@@ -557,14 +587,12 @@ impl Builder<'_> {
                 _ => "",
             };
             let glu_name = if glu { "+glu" } else { "" };
-            self.ops.push(Op {
-                // Matvec for one token, matmul for more.
-                label: format!("Linear({:?}) {fused}{}{glu_name}", m.ty, role(&m.name)),
-                kernel,
-                bind_group: bg,
-                split_bind,
-                grid: Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes, group_rows, splits, glu },
-            });
+            let merge = if at.merged_heads.is_some() { "merge+" } else { "" };
+            // Matvec for one token, matmul for more.
+            let label = format!("Linear({:?}) {merge}{fused}{}{glu_name}", m.ty, role(&m.name));
+            let grid = Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes, group_rows, splits, glu };
+            // (Fields, not push: scratch still borrows self.split_scratch.)
+            self.ops.push(Op { label, kernel, bind_group: bg, split_bind, grid, when: self.when });
             if splits > 1 && at.sum_next && m.parts.len() == 1 {
                 self.slabs = Some(Slabs { splits, accumulate: flags & ACCUMULATE != 0, bias: at.bias.is_some() });
             } else if let Some(s) = scratch.filter(|_| splits > 1) {
@@ -574,7 +602,7 @@ impl Builder<'_> {
                 let bind = [s.buffer, at.y, at.bias.unwrap_or(self.dummy), &params, self.step];
                 let bind_group = self.gpu.bind_group(Kernel::SplitSum, &bind);
                 let label = format!("SplitSum({splits}) {}", role(&m.name));
-                self.ops.push(Op { label, kernel: Kernel::SplitSum, bind_group, split_bind: None, grid: Grid::SplitSum(rows) });
+                self.ops.push(Op { label, kernel: Kernel::SplitSum, bind_group, split_bind: None, grid: Grid::SplitSum(rows), when: self.when });
             }
         }
     }
@@ -617,7 +645,7 @@ impl Builder<'_> {
         let params = self.gpu.uniform("nparams", &NParams { n: n as u32, flags, eps, splits });
         let bg = self.gpu.bind_group(Kernel::RmsNorm, &[x, w, y, &params, self.step, normed, slabs]);
         let label = if splits > 0 { format!("{label} +{splits} slabs") } else { label.into() };
-        self.ops.push(Op { label, kernel: Kernel::RmsNorm, bind_group: bg, split_bind: None, grid: Grid::Rows });
+        self.push(label, Kernel::RmsNorm, bg, None, Grid::Rows);
     }
 
     /// rope_kv.wgsl over `n_heads` q and kv heads per token; pending slabs of the q/k/v
@@ -635,13 +663,17 @@ impl Builder<'_> {
         let params = self.gpu.uniform("pparams", &params);
         let buffers = [qkv, norm_w, freqs, k_cache, v_cache, &params, self.step, slabs, bias.unwrap_or(self.dummy)];
         let bind_group = self.gpu.bind_group(Kernel::RopeKv, &buffers);
-        self.ops.push(Op { label, kernel: Kernel::RopeKv, bind_group, split_bind: None, grid: Grid::PerToken(n_heads) });
+        self.push(label, Kernel::RopeKv, bind_group, None, Grid::PerToken(n_heads));
     }
 
     fn op(&mut self, kernel: Kernel, buffers: &[&wgpu::Buffer], grid: Grid) {
         assert!(self.slabs.is_none(), "{kernel:?} after a split matmul whose slabs nothing added up");
         let bg = self.gpu.bind_group(kernel, buffers);
-        self.ops.push(Op { label: format!("{kernel:?}"), kernel, bind_group: bg, split_bind: None, grid });
+        self.push(format!("{kernel:?}"), kernel, bg, None, grid);
+    }
+
+    fn push(&mut self, label: String, kernel: Kernel, bind_group: wgpu::BindGroup, split_bind: Option<wgpu::BindGroup>, grid: Grid) {
+        self.ops.push(Op { label, kernel, bind_group, split_bind, grid, when: self.when });
     }
 }
 
@@ -760,7 +792,7 @@ impl Transformer {
         let chunk_blocks = cfg.n_head / blocks[0].0 * max_batch.div_ceil(blocks[0].1);
         let chunk_splits = (g.tuning().min_workgroups as usize).div_ceil(chunk_blocks).clamp(4, 16);
         let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).min(MAX_SPLITS).max(chunk_splits * max_batch);
-        let part_bytes = f32s(split_slots * cfg.n_head * (cfg.head_dim + 2));
+        let part_bytes = f32s(split_slots * cfg.n_head * (cfg.head_dim + 4));
         // Rows of logits one pass can return (scoring, perplexity): about 3% of the weights'
         // size, so GPU memory stays near weights + KV cache (Gemma's 262k vocabulary makes a
         // row 1 MB), or as many as fit beside attention's partials. The two share one buffer:
@@ -802,8 +834,8 @@ impl Transformer {
         // Prefill's split matmuls (attention's projections, ffn_down) keep their slabs in the
         // gate/up buffer, which holds nothing live outside the FFN's first half.
         let split_scratch = SplitScratch { buffer: &act.gu, floats: max_batch * 2 * cfg.n_ff, max_tokens: max_batch };
-        let mut pre = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, ops: Vec::new() };
-        let mut dec = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: None, slabs: None, ops: Vec::new() };
+        let mut pre = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, when: When::Always, ops: Vec::new() };
+        let mut dec = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: None, slabs: None, when: When::Always, ops: Vec::new() };
         for p in &embd.parts {
             let params = g.uniform(
                 "eparams",
@@ -819,6 +851,9 @@ impl Transformer {
         let glu_params = g.uniform("gparams", &U4 { a: cfg.n_ff as u32, b: (cfg.act == Activation::GeluTanh) as u32, _p: [0; 2] });
         // Decode folds rope_kv into attention when each workgroup has one query.
         let fuse_rope = blocks[1] == (1, 1);
+        // Decode's output projection merges the key splits where they are few (see When) and
+        // the heads fit matvec.wgsl's workgroup memory.
+        let merge = g.tuning().whole_attention_keys < u32::MAX && qd <= MERGE_FLOATS && cfg.n_head * MERGE_MAX_SPLITS as usize <= MERGE_PAIRS;
         let aparams = |window: u32, decode: bool| {
             let fused = decode && fuse_rope;
             let (heads, tokens) = blocks[decode as usize];
@@ -914,7 +949,7 @@ impl Transformer {
 
             for (b, decode) in [(&mut pre, false), (&mut dec, true)] {
                 // Decode normalises inside the matvecs; prefill writes xn once for all of them.
-                let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, post: None, flags, sum_next: false };
+                let lin = |x, y, out_offset, out_stride, norm, flags| Lin { x, y, out_offset, out_stride, bias: None, norm, post: None, flags, sum_next: false, merged_heads: None };
                 let before_attn = folded.as_ref().and_then(|f| f.0.as_ref());
                 if !decode {
                     match before_attn {
@@ -944,21 +979,34 @@ impl Transformer {
                     _ => Kernel::Attention((heads * tokens) as u32),
                 };
                 b.op(kernel, &abind, grid);
+                // The output projection: after the combine pass, or (decode, few splits)
+                // merging the splits itself.
+                let hd = cfg.head_dim as u32;
+                let projections: &[_] = if decode && merge {
+                    &[(When::Combined, &act.att, None), (When::Merged, &act.part, Some(hd))]
+                } else {
+                    &[(When::Always, &act.att, None)]
+                };
+                b.when = projections[0].0;
                 b.op(Kernel::AttentionCombine, &abind, Grid::Combine((cfg.n_head * cfg.head_dim.div_ceil(COMBINE_DIMS)) as u32));
-                match &folded {
-                    Some((_, post_attn_ffn_norm)) => {
-                        b.linear(&wo, &Lin { sum_next: true, ..lin(&act.att, &act.tmp, 0, e, None, 0) });
-                        if !decode {
-                            b.post_norm(&act.tmp, post_attn_ffn_norm, &act.x, &act.xn, e, eps);
+                for &(when, att, merged_heads) in projections {
+                    b.when = when;
+                    match &folded {
+                        Some((_, post_attn_ffn_norm)) => {
+                            b.linear(&wo, &Lin { sum_next: true, merged_heads, ..lin(att, &act.tmp, 0, e, None, 0) });
+                            if !decode {
+                                b.post_norm(&act.tmp, post_attn_ffn_norm, &act.x, &act.xn, e, eps);
+                            }
                         }
-                    }
-                    None => {
-                        b.linear(&wo, &Lin { sum_next: true, ..lin(&act.att, &act.x, 0, e, None, ACCUMULATE) });
-                        if !decode {
-                            b.residual_norm(&act.x, &ffn_norm, &act.xn, e, eps);
+                        None => {
+                            b.linear(&wo, &Lin { sum_next: true, merged_heads, ..lin(att, &act.x, 0, e, None, ACCUMULATE) });
+                            if !decode {
+                                b.residual_norm(&act.x, &ffn_norm, &act.xn, e, eps);
+                            }
                         }
                     }
                 }
+                b.when = When::Always;
                 let (x, nw, res) = act.normed_input(decode, (&ffn_norm, eps), folded.as_ref().map(|f| &f.1), (&act.x, &act.x_alt));
                 // Stacked gate and up rows take the gated unit into their matvec, or into the
                 // tiled matmul (the CPU adapters' untiled one keeps the Glu pass).
@@ -987,7 +1035,7 @@ impl Transformer {
         }
         let out_norm = vectors(&one("output_norm.weight", e), src).await?;
         let head = output.as_ref().unwrap_or(&embd);
-        let to_logits = |x, norm, flags| Lin { x, y: &logits, out_offset: 0, out_stride: cfg.vocab, bias: None, norm, post: None, flags, sum_next: false };
+        let to_logits = |x, norm, flags| Lin { x, y: &logits, out_offset: 0, out_stride: cfg.vocab, bias: None, norm, post: None, flags, sum_next: false, merged_heads: None };
         let body_prefill = std::mem::take(&mut pre.ops);
         let body_decode = std::mem::take(&mut dec.ops);
         pre.norm(&act.x, &out_norm, &act.xn, e, cfg.rms_eps, false);
@@ -1317,6 +1365,9 @@ struct Shape {
 /// The pipeline and workgroup grid that run `op` for a step; `None` where the op has nothing
 /// to do (a combine with one key split).
 fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
+    if !op.when.runs(shape.splits) {
+        return None;
+    }
     let n_tok = shape.n_tok;
     let (kernel, grid) = match op.grid {
         Grid::PerToken(x) => (op.kernel, [x, n_tok, 1]),
@@ -1329,7 +1380,7 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
             if last_only || n_tok == 1 {
                 // One token, so y continues x past 65535 workgroups (matvec.wgsl).
                 let wgs = rows.div_ceil(256 / lanes * group_rows);
-                (Kernel::MatVec(ty, lanes, group_rows), [wgs.min(65535), wgs.div_ceil(65535), 1])
+                (op.kernel, [wgs.min(65535), wgs.div_ceil(65535), 1])
             } else if gpu.tuning().matmul_by_rows {
                 (Kernel::MatMulRows(ty), [rows.div_ceil(ROW_WORKGROUP), n_tok.div_ceil(ROW_TOKENS), 1])
             } else {
@@ -1391,8 +1442,8 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
     let floats = n_tok * m.rows * m.k / crate::gpu::MIN_SPLIT_COLUMNS;
     let scratch = gpu.storage("split scratch", (floats * 4) as u64)?;
     let split_scratch = SplitScratch { buffer: &scratch, floats, max_tokens: n_tok };
-    let mut b = Builder { gpu, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, ops: Vec::new() };
-    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, post: None, flags: 0, sum_next: false });
+    let mut b = Builder { gpu, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, when: When::Always, ops: Vec::new() };
+    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, post: None, flags: 0, sum_next: false, merged_heads: None });
     submit_ops(gpu, &b.ops, n_tok as u32);
     let bytes = gpu.read(&y, 0, (n_tok * m.rows * 4) as u64).await?;
     Ok(bytemuck::cast_slice(&bytes).to_vec())
@@ -1409,7 +1460,7 @@ pub async fn apply_sampler(gpu: &Gpu, logits: &[f32], p: &SampleParams, penaltie
     }
     let params = gpu.uniform("sparams", &SampleParams { vocab: logits.len() as u32, n_penalties: penalties.len() as u32, ..*p });
     let dummy = gpu.storage("dummy", 16)?;
-    let mut b = Builder { gpu, step: &dummy, dummy: &dummy, dummy_out: &dummy, split_scratch: None, slabs: None, ops: Vec::new() };
+    let mut b = Builder { gpu, step: &dummy, dummy: &dummy, dummy_out: &dummy, split_scratch: None, slabs: None, when: When::Always, ops: Vec::new() };
     b.op(Kernel::Sample, &[&lb, &partials, &result, &pens, &params], Grid::Fixed(1));
     submit_ops(gpu, &b.ops, 1);
     let bytes = gpu.read(&result, 0, 4).await?;
