@@ -550,7 +550,9 @@ impl Builder<'_> {
             flags |= if at.post.is_some() { POST } else { 0 };
             let rows = if glu { p.rows / 2 } else { p.rows };
             let lanes = self.gpu.matvec_lanes(m.k, rows as usize);
-            let group_rows = if flags & (GLU | POST) == 0 { self.gpu.matvec_group_rows(rows as usize, lanes) } else { 1 };
+            // `many` has no GLU, POST or MERGE.
+            let plain = flags & (GLU | POST) == 0 && at.merged_heads.is_none();
+            let group_rows = if plain { self.gpu.matvec_group_rows(rows as usize, lanes) } else { 1 };
             let params = self.gpu.uniform(
                 "wparams",
                 &WParams {
