@@ -313,9 +313,9 @@ enum Grid {
     Rows,
     /// `n` elements per token, 256 per workgroup.
     Elems(u32),
-    /// A linear layer: matvec for one token, a matmul for more, its columns in `splits`;
-    /// with `glu`, `rows` gate rows, each with its up row.
-    Linear { rows: u32, last_only: bool, ty: GgmlType, lanes: u32, group_rows: u32, splits: u32, glu: bool },
+    /// A linear layer: the op's matvec for one token, a matmul of its quant type for more,
+    /// its columns in `splits`; with `glu`, `rows` gate rows, each with its up row.
+    Linear { rows: u32, last_only: bool, splits: u32, glu: bool },
     /// Adds up a split matmul's `rows`-wide slabs; nothing to do for one token (a matvec).
     SplitSum(u32),
     /// Attention's (blocks of query heads, key splits, blocks of `tokens` tokens).
@@ -592,7 +592,7 @@ impl Builder<'_> {
             let merge = if at.merged_heads.is_some() { "merge+" } else { "" };
             // Matvec for one token, matmul for more.
             let label = format!("Linear({:?}) {merge}{fused}{}{glu_name}", m.ty, role(&m.name));
-            let grid = Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, ty: m.ty, lanes, group_rows, splits, glu };
+            let grid = Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, splits, glu };
             // (Fields, not push: scratch still borrows self.split_scratch.)
             self.ops.push(Op { label, kernel, bind_group: bg, split_bind, grid, when: self.when });
             if splits > 1 && at.sum_next && m.parts.len() == 1 {
@@ -1378,7 +1378,8 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
             let wgs = (n * n_tok).div_ceil(256);
             (op.kernel, [wgs.min(65535), wgs.div_ceil(65535), 1])
         }
-        Grid::Linear { rows, last_only, ty, lanes, group_rows, splits, glu } => {
+        Grid::Linear { rows, last_only, splits, glu } => {
+            let Kernel::MatVec(ty, lanes, group_rows, _) = op.kernel else { unreachable!("a linear op's kernel is its matvec") };
             if last_only || n_tok == 1 {
                 // One token, so y continues x past 65535 workgroups (matvec.wgsl).
                 let wgs = rows.div_ceil(256 / lanes * group_rows);
