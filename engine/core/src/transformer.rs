@@ -79,8 +79,9 @@ const GLU: u32 = 16;
 /// The input is a residual plus the RMS-normed x (matvec.wgsl); with NORM.
 const POST: u32 = 32;
 /// The most key splits per head a MERGE matvec merges (beyond, the combine pass runs): the
-/// merge reads every split's values in every workgroup, which pays only for short contexts.
-const MERGE_MAX_SPLITS: u32 = 16;
+/// merge reads every split's values in every workgroup, which pays only for short contexts
+/// (on the H100, 17-32 splits merged: Gemma +1%, SmolLM2 level with the combine pass).
+const MERGE_MAX_SPLITS: usize = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -336,9 +337,9 @@ struct Op {
     when: When,
 }
 
-/// Which steps run an op, by their attention key splits: the decode path's output
-/// projection merges 2..=MERGE_MAX_SPLITS of them itself; other steps combine them in a pass
-/// of their own (none with one split: attention writes its output whole).
+/// Which steps run an op: decode steps whose output projection merges attention's key
+/// splits itself (Shape::merged), or those that combine them in a pass of their own (none
+/// with one split: attention writes its output whole).
 #[derive(Clone, Copy, PartialEq)]
 enum When {
     Always,
@@ -347,8 +348,7 @@ enum When {
 }
 
 impl When {
-    fn runs(self, splits: u32) -> bool {
-        let merged = (2..=MERGE_MAX_SPLITS).contains(&splits);
+    fn runs(self, merged: bool) -> bool {
         match self {
             When::Always => true,
             When::Merged => merged,
@@ -444,6 +444,8 @@ pub struct Transformer {
     pub logit_rows: usize,
     /// Attention partial results the scratch buffer holds: tokens x key splits.
     split_slots: usize,
+    /// The most key splits decode's output projection merges itself (fewer than 2: none).
+    merge_splits: u32,
     body_prefill: Vec<Op>,
     body_decode: Vec<Op>,
     head_last: Vec<Op>,
@@ -853,9 +855,11 @@ impl Transformer {
         let glu_params = g.uniform("gparams", &U4 { a: cfg.n_ff as u32, b: (cfg.act == Activation::GeluTanh) as u32, _p: [0; 2] });
         // Decode folds rope_kv into attention when each workgroup has one query.
         let fuse_rope = blocks[1] == (1, 1);
-        // Decode's output projection merges the key splits where they are few (see When) and
-        // the heads fit matvec.wgsl's workgroup memory.
-        let merge = g.tuning().whole_attention_keys < u32::MAX && qd <= MERGE_FLOATS && cfg.n_head * MERGE_MAX_SPLITS as usize <= MERGE_PAIRS;
+        // Decode's output projection merges the key splits where they are few and the heads
+        // fit matvec.wgsl's workgroup memory (GPUs: CPU adapters attend in one split).
+        let fits = g.tuning().whole_attention_keys < u32::MAX && qd <= MERGE_FLOATS;
+        let merge_splits = if fits { (MERGE_PAIRS / cfg.n_head).min(MERGE_MAX_SPLITS) as u32 } else { 0 };
+        let merge = merge_splits >= 2;
         let aparams = |window: u32, decode: bool| {
             let fused = decode && fuse_rope;
             let (heads, tokens) = blocks[decode as usize];
@@ -1074,7 +1078,7 @@ impl Transformer {
         // length), not at the first prompt of each length.
         for n_tok in (1..=max_batch.div_ceil(MATMUL_TOKENS as usize)).map(|j| (j * MATMUL_TOKENS as usize).min(max_batch)).filter(|&n| n > 1) {
             for op in body_prefill.iter().chain(&head_last).chain(&head_all) {
-                if let Some((kernel, _)) = dispatch_of(g, op, Shape { n_tok: n_tok as u32, splits: 1 }) {
+                if let Some((kernel, _)) = dispatch_of(g, op, Shape { n_tok: n_tok as u32, splits: 1, merged: false }) {
                     g.pipeline(kernel);
                 }
             }
@@ -1088,6 +1092,7 @@ impl Transformer {
             max_batch,
             logit_rows,
             split_slots,
+            merge_splits,
             body_prefill,
             body_decode,
             head_last,
@@ -1200,7 +1205,8 @@ impl Transformer {
         };
         let chunk = keys.div_ceil(splits);
         let step = Step { n_tok: n_tok as u32, pos0: pos0 as u32, splits: splits as u32, chunk: chunk as u32 };
-        (Shape { n_tok: n_tok as u32, splits: splits as u32 }, step)
+        let merged = (2..=self.merge_splits).contains(&(splits as u32));
+        (Shape { n_tok: n_tok as u32, splits: splits as u32, merged }, step)
     }
 
     /// Runs `tokens` and picks the next token on the GPU in the same submission; only the
@@ -1362,12 +1368,14 @@ struct Shape {
     n_tok: u32,
     /// Attention's key splits per token.
     splits: u32,
+    /// Decode's output projection merges them (2..=Transformer::merge_splits of them).
+    merged: bool,
 }
 
 /// The pipeline and workgroup grid that run `op` for a step; `None` where the op has nothing
 /// to do (a combine with one key split).
 fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
-    if !op.when.runs(shape.splits) {
+    if !op.when.runs(shape.merged) {
         return None;
     }
     let n_tok = shape.n_tok;
@@ -1429,7 +1437,7 @@ fn submit_ops(gpu: &Gpu, ops: &[Op], n_tok: u32) {
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        encode(gpu, &mut pass, ops, Shape { n_tok, splits: 1 });
+        encode(gpu, &mut pass, ops, Shape { n_tok, splits: 1, merged: false });
     }
     gpu.queue.submit([enc.finish()]);
 }
