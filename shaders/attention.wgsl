@@ -20,6 +20,7 @@
 // may keep an indexed array in local memory, at a large cost.
 
 #include attention_common
+#include attention_partials
 @group(0) @binding(7) var<storage, read> norm_w: array<f32>;
 @group(0) @binding(8) var<storage, read> inv_freq: array<f32>;
 

@@ -25,19 +25,13 @@ struct Step { n_tok: u32, pos0: u32, splits: u32, chunk: u32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read_write> k_cache: array<u32>;
 @group(0) @binding(2) var<storage, read_write> v_cache: array<u32>;
-// Per (token, head, split): head_dim accumulators, then max, then sum, padded to whole
-// vec4s (the matvec that merges the splits reads them as vec4s: matvec.wgsl's MERGE).
+// Key-split partials (attention_partials.wgsl's layout).
 @group(0) @binding(3) var<storage, read_write> part: array<f32>;
 @group(0) @binding(4) var<uniform> ap: AParams;
 @group(0) @binding(5) var<uniform> step: Step;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 const NEG: f32 = -3.0e38;
-
-// Floats per (token, head, split) in `part`.
-fn part_stride(hd: u32) -> u32 {
-    return hd + 4u;
-}
 
 // Block query g's head and token.
 fn member(g: u32, h0: u32, t0: u32) -> vec2<u32> {

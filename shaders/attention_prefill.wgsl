@@ -16,6 +16,7 @@
 // the adapter's workgroup memory.
 
 #include attention_common
+#include attention_partials
 
 const BQ: u32 = 64u;
 const BK: u32 = 32u;

@@ -22,11 +22,11 @@
 //   second buffer, since other workgroups still read `res_in`.
 //
 // - MERGE (decode's attention output projection; its own pipeline, MERGE_VEC4S > 1): x holds
-//   attention's key-split partials for the token (attention_common.wgsl's layout: per head
-//   and split, head_dim values, max and sum, in vec4s), and every workgroup merges them into
-//   workgroup memory before its products, so no combine pass runs between attention and
-//   this matvec. The engine merges where the heads fit in xm and their splits in split_w
-//   (short contexts); longer ones run the combine pass and a plain matvec.
+//   attention's key-split partials for the token (attention_partials.wgsl), and every
+//   workgroup merges them into workgroup memory before its products, so no combine pass
+//   runs between attention and this matvec. The engine merges where the heads fit in xm
+//   and their splits in split_w (short contexts); longer ones run the combine pass and a
+//   plain matvec.
 //
 // `many` is the entry for matrices with many rows (vocabulary heads), which are bound by
 // bandwidth rather than latency: each group of LANES lanes takes 8 rows, loading (and
@@ -83,6 +83,7 @@ fn inverse_rms(xb: u32, n4: u32, lid: u32) -> f32 {
 }
 
 #include activation
+#include attention_partials
 
 // Sizes of MERGE's workgroup memory, set only in its pipeline (other matvecs hold none).
 override MERGE_VEC4S: u32 = 1u;
@@ -103,7 +104,7 @@ fn merge_splits(lid: u32) {
     let hd = wp.head_dim;
     let n = step.splits;
     let pairs = (wp.k / hd) * n;
-    let stride4 = (hd + 4u) / 4u;
+    let stride4 = part_stride(hd) / 4u;
     // One pair per thread: its max and sum; its head's max over the splits; the pair's
     // weight exp(m - max) / sum over the head's splits of exp(m' - max) * sum'.
     let mine = lid < pairs;

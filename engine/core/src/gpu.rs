@@ -53,6 +53,7 @@ fn compose(src: &str, subgroups: bool) -> String {
             Some("activation") => include_str!("../../../shaders/activation.wgsl"),
             Some("rotary") => include_str!("../../../shaders/rotary.wgsl"),
             Some("attention_common") => include_str!("../../../shaders/attention_common.wgsl"),
+            Some("attention_partials") => include_str!("../../../shaders/attention_partials.wgsl"),
             Some("slab_sum") => include_str!("../../../shaders/slab_sum.wgsl"),
             Some("reduce") if subgroups => {
                 uses_subgroups = true;

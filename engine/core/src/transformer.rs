@@ -796,6 +796,7 @@ impl Transformer {
         let chunk_blocks = cfg.n_head / blocks[0].0 * max_batch.div_ceil(blocks[0].1);
         let chunk_splits = (g.tuning().min_workgroups as usize).div_ceil(chunk_blocks).clamp(4, 16);
         let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).min(MAX_SPLITS).max(chunk_splits * max_batch);
+        // attention_partials.wgsl's part_stride floats per (token, head, split).
         let part_bytes = f32s(split_slots * cfg.n_head * (cfg.head_dim + 4));
         // Rows of logits one pass can return (scoring, perplexity): about 3% of the weights'
         // size, so GPU memory stays near weights + KV cache (Gemma's 262k vocabulary makes a
