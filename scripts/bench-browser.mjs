@@ -1,7 +1,8 @@
 // Gloss's wasm engine against wllama (llama.cpp in wasm, WebGPU and CPU modes) in headless
 // Chromium on this machine, same page, same GGUF, same prompt text, same run; plus Gloss
-// native on the same WebGPU adapter's Vulkan driver (SwiftShader here) for the
-// wasm-vs-native ratio. Usage (scripts/bench-browser wraps it):
+// native on the same WebGPU adapter's Vulkan driver (SwiftShader here; the system's GPU
+// driver where CHROMIUM_FLAGS put the browser's WebGPU on a GPU) for the wasm-vs-native
+// ratio. Usage (scripts/bench-browser wraps it):
 //   node scripts/bench-browser.mjs [MODEL.gguf] [--prompt-words N] [--gen N] [--out FILE]
 import fs from 'node:fs';
 import path from 'node:path';
@@ -25,7 +26,7 @@ const browser = await launch({ extension: false });
 const rows = [];
 const rate = (n, ms) => +(n / (ms / 1000)).toFixed(2);
 const record = (engine, r) => {
-  const row = { engine, model: path.basename(model), prompt_tokens: r.promptTokens, prefill_tok_s: rate(r.promptTokens, r.prefillMs), gen_tokens: r.decodeTokens, decode_tok_s: rate(r.decodeTokens, r.decodeMs), load_ms: Math.round(r.loadMs), ...(r.isolated === undefined ? {} : { threads: r.isolated ? 'multi' : 'single' }) };
+  const row = { engine, model: path.basename(model), prompt_tokens: r.promptTokens, prefill_tok_s: rate(r.promptTokens, r.prefillMs), gen_tokens: r.decodeTokens, decode_tok_s: rate(r.decodeTokens, r.decodeMs), load_ms: Math.round(r.loadMs), ...(r.isolated === undefined ? {} : { threads: r.isolated ? 'multi' : 'single' }), ...(r.adapter ? { adapter: r.adapter.name, cpu_adapter: r.adapter.cpu } : {}) };
   rows.push(row);
   console.error(JSON.stringify(row));
 };
@@ -47,11 +48,12 @@ try {
   await browser.close();
   await server.close();
 }
-// Gloss native on the SwiftShader Vulkan driver that Chromium's WebGPU runs on.
+// Gloss native on the Vulkan driver that Chromium's WebGPU ran on: SwiftShader's, or the
+// system's where the browser found a GPU.
 const gloss = process.env.GLOSS_BIN ?? path.join(ROOT, 'target/release/gloss');
 const promptTokens = rows[0].prompt_tokens;
 if (promptTokens && fs.existsSync(gloss)) {
-  const env = { ...process.env, VK_ICD_FILENAMES: '/usr/lib/chromium/vk_swiftshader_icd.json' };
+  const env = { ...process.env, ...(rows[0].cpu_adapter ? { VK_ICD_FILENAMES: '/usr/lib/chromium/vk_swiftshader_icd.json' } : {}) };
   const native = JSON.parse(execFileSync(gloss, ['bench', '--model', model, '--prompt-tokens', String(promptTokens), '--gen-tokens', String(gen), '--ctx', String(ctx), '--quiet'], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }))[0];
   rows.push({ engine: 'gloss native (Vulkan, same adapter)', model: path.basename(model), adapter: native.adapter, prompt_tokens: promptTokens, prefill_tok_s: native.prefill_tok_s, gen_tokens: gen - 1, decode_tok_s: native.decode_tok_s, load_ms: Math.round(native.load_ms) });
 }

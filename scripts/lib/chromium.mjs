@@ -1,4 +1,6 @@
 // Chromium with WebGPU (SwiftShader when headless here), optionally with the built extension.
+// CHROMIUM names another binary; CHROMIUM_FLAGS (space-separated) adds switches, e.g. to put
+// WebGPU on a GPU's Vulkan driver: `--enable-features=Vulkan --ignore-gpu-blocklist`.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -17,7 +19,7 @@ const ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-bac
  */
 export async function launch({ extension = true, headless = true } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'gloss-profile-'));
-  const args = [...ARGS];
+  const args = [...ARGS, ...(process.env.CHROMIUM_FLAGS ?? '').split(/\s+/).filter(Boolean)];
   if (extension) args.push(`--disable-extensions-except=${EXTENSION_DIR}`, `--load-extension=${EXTENSION_DIR}`);
   const browser = {
     context: null, worker: null, id: null,
