@@ -12,12 +12,14 @@
 // is worth more than the repeated reads (which hit the cache); prefill and CPU adapters,
 // where every workgroup's barriers cost time, use larger blocks.
 //
-// Within a workgroup, keys go in tiles of 32: 8 threads share each key's dot products, every
-// (query, key) pair gets its probability in parallel, and each thread accumulates one value
-// word (two dimensions) of every block query over a slice of the keys (slices summed once at
-// the end). No loop waits on one memory load after another. Private arrays are indexed by
-// block query only, so with one query per block (GPUs) they are single registers: drivers
-// may keep an indexed array in local memory, at a large cost.
+// Within a workgroup, keys go in tiles of TILE (a constant the engine prepends: 32, or 64
+// for decode's one-query blocks of heads up to 64 wide, whose 4 threads per key still load
+// 8 words each): 256 / TILE threads share each key's dot products, every (query, key) pair
+// gets its probability in parallel, and each thread accumulates one value word (two
+// dimensions) of every block query over a slice of the keys (slices summed once at the
+// end). No loop waits on one memory load after another. Private arrays are indexed by block
+// query only, so with one query per block (GPUs) they are single registers: drivers may keep
+// an indexed array in local memory, at a large cost.
 
 #include attention_common
 #include attention_partials
@@ -25,7 +27,6 @@
 @group(0) @binding(8) var<storage, read> inv_freq: array<f32>;
 
 const WG: u32 = 256u;
-const TILE: u32 = 32u;          // keys per inner step
 const TPK: u32 = WG / TILE;     // threads per key in the dot products
 
 var<workgroup> qs: array<f32, MAX_HEAD_VALUES>; // [block query][dim]
@@ -197,8 +198,8 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var l = 0.0; // running sum, kept by thread g < members
     workgroupBarrier();
 
-    // Dot products: 8 threads per key; thread `share` takes words share, share + 8, ... of the
-    // head, so neighbours read neighbouring words (coalesced, and no shared-memory bank
+    // Dot products: TPK threads per key; thread `share` takes words share, share + TPK, ... of
+    // the head, so neighbours read neighbouring words (coalesced, and no shared-memory bank
     // conflicts on q).
     let key = lid / TPK;
     let share = lid % TPK;

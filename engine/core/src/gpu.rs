@@ -31,8 +31,9 @@ pub enum Kernel {
     Embed(GgmlType),
     RmsNorm,
     RopeKv,
-    /// Attention's partial results, for blocks of up to this many queries.
-    Attention(u32),
+    /// Attention's partial results, for blocks of up to this many queries, in tiles of this
+    /// many keys (`attention_keys_per_tile`).
+    Attention(u32, u32),
     /// Prefill attention in register tiles (attention_prefill.wgsl) for this head size.
     AttentionTiles(AttentionTiles),
     AttentionCombine,
@@ -69,12 +70,22 @@ fn compose(src: &str, subgroups: bool) -> String {
     if uses_subgroups && cfg!(target_arch = "wasm32") { format!("enable subgroups;\n{body}") } else { body }
 }
 
+/// Keys per tile of attention.wgsl for blocks of `queries` queries: 32, or with one query
+/// (decode on GPUs) and heads up to 64 wide, 64: each thread then still loads 8 words of
+/// every key at once, and decode's splits (one tile each) reach twice as far before the
+/// output projection can no longer merge them (on an H100, SmolLM2 decode after 1536 tokens
+/// +9%). More queries need TILE x queries threads for their scores; 16-key tiles for
+/// 256-wide heads gained 0.4% after 128 tokens and lost 4.5% after 1536 (twice the splits).
+pub fn attention_keys_per_tile(queries: u32, head_dim: u32) -> u32 {
+    if queries == 1 && head_dim <= 64 { 64 } else { 32 }
+}
+
 /// attention.wgsl with the block size its arrays need: `HEADS` queries per workgroup at most,
-/// their q values (at most 1024 floats), and the fused decode's key and value (which runs
-/// with one query per workgroup only).
-fn attention(heads: u32) -> String {
+/// their q values (at most 1024 floats), the fused decode's key and value (which runs with
+/// one query per workgroup only), and TILE keys per tile.
+fn attention(heads: u32, tile: u32) -> String {
     format!(
-        "const HEADS: u32 = {heads}u;\nconst MAX_HEAD_VALUES: u32 = {}u;\nconst FUSED_DIM: u32 = {}u;\n{}",
+        "const HEADS: u32 = {heads}u;\nconst TILE: u32 = {tile}u;\nconst MAX_HEAD_VALUES: u32 = {}u;\nconst FUSED_DIM: u32 = {}u;\n{}",
         (heads * 256).min(1024),
         if heads == 1 { 256 } else { 1 },
         include_str!("../../../shaders/attention.wgsl")
@@ -155,9 +166,9 @@ impl Kernel {
             Kernel::Embed(t) => (quant(include_str!("../../../shaders/embed.wgsl"), t), "main"),
             Kernel::RmsNorm => (include_str!("../../../shaders/rmsnorm.wgsl").into(), "main"),
             Kernel::RopeKv => (include_str!("../../../shaders/rope_kv.wgsl").into(), "main"),
-            Kernel::Attention(block) => (attention(block), "partial"),
+            Kernel::Attention(block, tile) => (attention(block, tile), "partial"),
             Kernel::AttentionTiles(t) => (t.source(), "main"),
-            Kernel::AttentionCombine => (attention(1), "combine"),
+            Kernel::AttentionCombine => (attention(1, 32), "combine"),
             Kernel::Glu => (include_str!("../../../shaders/glu.wgsl").into(), "main"),
             Kernel::ArgmaxPartial => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_partial"),
             Kernel::ArgmaxFinal => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_final"),
@@ -177,7 +188,7 @@ impl Kernel {
             Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite, Read],
             Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform, Read, Read],
             // One layout for both entry points, so they share a bind group.
-            Kernel::Attention(_) | Kernel::AttentionTiles(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
+            Kernel::Attention(..) | Kernel::AttentionTiles(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
             Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],
             Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::Sample => {
                 &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform]

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf, TensorInfo};
-use crate::gpu::{Gpu, Kernel, MERGE_FLOATS, MERGE_PAIRS};
+use crate::gpu::{attention_keys_per_tile, Gpu, Kernel, MERGE_FLOATS, MERGE_PAIRS};
 use crate::models::{Activation, Config};
 use crate::quant::{self, GgmlType};
 
@@ -26,7 +26,8 @@ const TILE_QUERIES: usize = 64;
 const ROW_WORKGROUP: u32 = 64;
 const ROW_TOKENS: u32 = 8;
 const ARGMAX_CHUNK: u32 = 256 * 16;
-/// Attention splits the keys into runs of at least this many positions (attention.wgsl).
+/// Prefill's attention splits the keys into runs of at least this many positions (decode's:
+/// the length of its kernel's tile, `Transformer::decode_split_keys`).
 const MIN_KEYS_PER_SPLIT: usize = 32;
 /// Head dimensions per combine workgroup (attention.wgsl's CDIMS).
 const COMBINE_DIMS: usize = 64;
@@ -444,6 +445,9 @@ pub struct Transformer {
     pub logit_rows: usize,
     /// Attention partial results the scratch buffer holds: tokens x key splits.
     split_slots: usize,
+    /// Decode's attention splits the keys into runs of at least this many positions: its
+    /// kernel's tile, so a split of a short context is one round of loads.
+    decode_split_keys: usize,
     /// The most key splits decode's output projection merges itself (fewer than 2: none).
     merge_splits: u32,
     body_prefill: Vec<Op>,
@@ -795,6 +799,8 @@ impl Transformer {
         // its attention has the tuning's workgroups.
         let chunk_blocks = cfg.n_head / blocks[0].0 * max_batch.div_ceil(blocks[0].1);
         let chunk_splits = (g.tuning().min_workgroups as usize).div_ceil(chunk_blocks).clamp(4, 16);
+        let decode_queries = (blocks[1].0 * blocks[1].1) as u32;
+        let decode_split_keys = attention_keys_per_tile(decode_queries, cfg.head_dim as u32) as usize;
         let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).min(MAX_SPLITS).max(chunk_splits * max_batch);
         // attention_partials.wgsl's part_stride floats per (token, head, split).
         let part_bytes = f32s(split_slots * cfg.n_head * (cfg.head_dim + 4));
@@ -983,7 +989,10 @@ impl Transformer {
                 let grid = Grid::Attention { blocks: (cfg.n_head / heads) as u32, tokens: tokens as u32 };
                 let kernel = match tiles {
                     Some(t) if !decode => Kernel::AttentionTiles(t),
-                    _ => Kernel::Attention((heads * tokens) as u32),
+                    _ => {
+                        let queries = (heads * tokens) as u32;
+                        Kernel::Attention(queries, attention_keys_per_tile(queries, cfg.head_dim as u32))
+                    }
                 };
                 b.op(kernel, &abind, grid);
                 // The output projection: after the combine pass, or (decode, few splits)
@@ -1093,6 +1102,7 @@ impl Transformer {
             max_batch,
             logit_rows,
             split_slots,
+            decode_split_keys,
             merge_splits,
             body_prefill,
             body_decode,
@@ -1196,13 +1206,14 @@ impl Transformer {
 
     /// The grid of a step: one key split up to the adapter's whole-attention length, else as
     /// many as the scratch holds for this many tokens, each at least MIN_KEYS_PER_SPLIT
-    /// positions long (fewer, longer splits cost less to combine).
+    /// positions long (decode: decode_split_keys; fewer, longer splits cost less to combine).
     fn shape(&self, n_tok: usize, pos0: usize) -> (Shape, Step) {
         let keys = pos0 + n_tok;
         let splits = if keys <= self.gpu.tuning().whole_attention_keys as usize {
             1
         } else {
-            (self.split_slots / n_tok).min(keys.div_ceil(MIN_KEYS_PER_SPLIT)).clamp(1, MAX_SPLITS)
+            let min_keys = if n_tok == 1 { self.decode_split_keys } else { MIN_KEYS_PER_SPLIT };
+            (self.split_slots / n_tok).min(keys.div_ceil(min_keys)).clamp(1, MAX_SPLITS)
         };
         let chunk = keys.div_ceil(splits);
         let step = Step { n_tok: n_tok as u32, pos0: pos0 as u32, splits: splits as u32, chunk: chunk as u32 };

@@ -62,12 +62,13 @@ fn bias(name: &str, n: usize, seed: u64) -> Weight {
 
 struct Model {
     arch: &'static str,
+    head_dim: usize,
     weights: Vec<Weight>,
 }
 
 impl Model {
-    fn new(arch: &'static str) -> Model {
-        let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+    fn new(arch: &'static str, hd: usize) -> Model {
+        let (qd, kvd) = (HEADS * hd, KV_HEADS * hd);
         let mut seed = 0;
         let mut next = || {
             seed += 1;
@@ -91,8 +92,8 @@ impl Model {
                 w.push(bias(&n("attn_k.bias"), kvd, next()));
                 w.push(bias(&n("attn_v.bias"), kvd, next()));
             } else {
-                w.push(norm(&n("attn_q_norm.weight"), HEAD_DIM, next()));
-                w.push(norm(&n("attn_k_norm.weight"), HEAD_DIM, next()));
+                w.push(norm(&n("attn_q_norm.weight"), hd, next()));
+                w.push(norm(&n("attn_k_norm.weight"), hd, next()));
             }
             if arch == "gemma3" {
                 w.push(norm(&n("post_attention_norm.weight"), EMBD, next()));
@@ -105,7 +106,7 @@ impl Model {
         }
         w.push(norm("output_norm.weight", EMBD, next()));
         w.push(weight("output.weight", VOCAB, EMBD, GgmlType::Q6K, next()));
-        Model { arch, weights: w }
+        Model { arch, head_dim: hd, weights: w }
     }
 
     fn get(&self, name: &str) -> &[f32] {
@@ -113,7 +114,7 @@ impl Model {
     }
 
     fn gguf(&self) -> Vec<u8> {
-        let a = self.arch;
+        let (a, hd) = (self.arch, self.head_dim);
         let mut md = vec![
             ("general.architecture".to_string(), Value::String(a.into())),
             (format!("{a}.block_count"), Value::U32(LAYERS as u32)),
@@ -121,7 +122,7 @@ impl Model {
             (format!("{a}.feed_forward_length"), Value::U32(FF as u32)),
             (format!("{a}.attention.head_count"), Value::U32(HEADS as u32)),
             (format!("{a}.attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
-            (format!("{a}.attention.key_length"), Value::U32(HEAD_DIM as u32)),
+            (format!("{a}.attention.key_length"), Value::U32(hd as u32)),
             (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(EPS)),
             (format!("{a}.rope.freq_base"), Value::F32(ROPE_BASE)),
             (format!("{a}.context_length"), Value::U32(256)),
@@ -144,7 +145,8 @@ impl Model {
 
     /// The reference: a straightforward f32 forward pass over all of `tokens`.
     fn forward(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
-        let (qd, kvd) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+        let hd = self.head_dim;
+        let (qd, kvd) = (HEADS * hd, KV_HEADS * hd);
         let embd = self.get("token_embd.weight");
         let gemma = self.arch == "gemma3";
         let scale = if gemma { (EMBD as f32).sqrt() } else { 1.0 };
@@ -162,15 +164,15 @@ impl Model {
                     add(&mut k, self.get(&n("attn_k.bias")));
                     add(&mut v, self.get(&n("attn_v.bias")));
                 } else {
-                    for head in q.chunks_mut(HEAD_DIM) {
+                    for head in q.chunks_mut(hd) {
                         head.copy_from_slice(&rmsnorm(head, self.get(&n("attn_q_norm.weight"))));
                     }
-                    for head in k.chunks_mut(HEAD_DIM) {
+                    for head in k.chunks_mut(hd) {
                         head.copy_from_slice(&rmsnorm(head, self.get(&n("attn_k_norm.weight"))));
                     }
                 }
-                q.chunks_mut(HEAD_DIM).for_each(|head| rope_neox(head, pos));
-                k.chunks_mut(HEAD_DIM).for_each(|head| rope_neox(head, pos));
+                q.chunks_mut(hd).for_each(|head| rope_neox(head, pos));
+                k.chunks_mut(hd).for_each(|head| rope_neox(head, pos));
                 // The KV cache holds f16, as llama.cpp's does by default.
                 let f16 = |x: &mut Vec<f32>| x.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32());
                 f16(&mut k);
@@ -189,14 +191,14 @@ impl Model {
                 let mut attn = vec![0f32; qd];
                 for h in 0..HEADS {
                     let kvh = h / (HEADS / KV_HEADS);
-                    let q = &qs[pos][h * HEAD_DIM..(h + 1) * HEAD_DIM];
+                    let q = &qs[pos][h * hd..(h + 1) * hd];
                     let scores: Vec<f32> = (first(pos)..=pos)
-                        .map(|j| dot(q, &ks[j][kvh * HEAD_DIM..(kvh + 1) * HEAD_DIM]) / (HEAD_DIM as f32).sqrt())
+                        .map(|j| dot(q, &ks[j][kvh * hd..(kvh + 1) * hd]) / (hd as f32).sqrt())
                         .collect();
                     let p = softmax(&scores);
                     for (j, pj) in (first(pos)..).zip(&p) {
-                        for d in 0..HEAD_DIM {
-                            attn[h * HEAD_DIM + d] += pj * vs[j][kvh * HEAD_DIM + d];
+                        for d in 0..hd {
+                            attn[h * hd + d] += pj * vs[j][kvh * hd + d];
                         }
                     }
                 }
@@ -251,11 +253,12 @@ fn rope_neox(head: &mut [f32], pos: usize) {
     }
 }
 
-/// Runs the family through the engine with kernels shaped as for `tuning`'s kind of adapter
-/// (this CPU adapter's own, or a GPU's: one attention head per workgroup and the decode
-/// attention that rotates and appends itself).
-fn check(arch: &'static str, tuning: Tuning, f16: bool) {
-    let model = Model::new(arch);
+/// Runs the family, with heads `head_dim` wide, through the engine with kernels shaped as for
+/// `tuning`'s kind of adapter (this CPU adapter's own, or a GPU's: one attention head per
+/// workgroup and the decode attention that rotates and appends itself, in tiles of 64 keys
+/// for heads up to 64 wide, else 32).
+fn check(arch: &'static str, head_dim: usize, tuning: Tuning, f16: bool) {
+    let model = Model::new(arch, head_dim);
     let bytes = model.gguf();
     let mut gpu = pollster::block_on(Gpu::new()).unwrap();
     gpu.set_tuning(tuning);
@@ -275,8 +278,9 @@ fn check(arch: &'static str, tuning: Tuning, f16: bool) {
     // 145 tokens: 8-token prefill chunks, then one token, whose logits come through the
     // decode list and its head. Past the tuning's whole-attention length, attention splits
     // the keys (up to 4 splits per token in 8-token chunks, so splits longer than one 32-key
-    // tile; 5 splits when decoding), which shorter prompts would not exercise; the CPU
-    // tuning attends to all keys in one workgroup (up to 146).
+    // tile; when decoding, one split per decode tile: 3 of 64 keys for 32-wide heads, else 5
+    // of 32), which shorter prompts would not exercise; the CPU tuning attends to all keys
+    // in one workgroup (up to 146).
     let tokens: Vec<u32> = (0..145u32).map(|i| (i * 37 + 5) % VOCAB as u32).collect();
     let want = model.forward(&tokens);
     let got = pollster::block_on(engine.score(&tokens)).unwrap();
@@ -332,12 +336,12 @@ fn compare(arch: &str, path: &str, want: &[Vec<f32>], mut got_at: impl FnMut(usi
 
 #[test]
 fn qwen2_matches_cpu_reference() {
-    check("qwen2", Tuning::CPU, false);
+    check("qwen2", HEAD_DIM, Tuning::CPU, false);
 }
 
 #[test]
 fn qwen3_matches_cpu_reference() {
-    check("qwen3", Tuning::CPU, false);
+    check("qwen3", HEAD_DIM, Tuning::CPU, false);
 }
 
 /// The GPU tuning, with whole (unsplit) attention only up to 64 keys so that the 145
@@ -346,12 +350,14 @@ const GPU: Tuning = Tuning { whole_attention_keys: 64, ..Tuning::GPU };
 
 #[test]
 fn gemma3_matches_cpu_reference() {
-    check("gemma3", Tuning::CPU, false);
+    check("gemma3", HEAD_DIM, Tuning::CPU, false);
 }
 
+/// With Gemma 3 270M's 256-wide heads (decode attention in tiles of 32 keys, 16 threads on
+/// each key's words).
 #[test]
 fn gemma3_in_gpu_tuning_matches_cpu_reference() {
-    check("gemma3", GPU, false);
+    check("gemma3", 256, GPU, false);
 }
 
 /// With prefill attention's tiles in 18 KiB of workgroup memory, so that each tile's
@@ -359,14 +365,15 @@ fn gemma3_in_gpu_tuning_matches_cpu_reference() {
 /// (the other GPU-tuning tests have one of each).
 #[test]
 fn qwen2_in_gpu_tuning_matches_cpu_reference() {
-    check("qwen2", Tuning { attention_tile_bytes: 18 << 10, ..GPU }, false);
+    check("qwen2", HEAD_DIM, Tuning { attention_tile_bytes: 18 << 10, ..GPU }, false);
 }
 
 /// With 64-row matmul tiles throughout (no least workgroup count): the gated unit fused into
-/// the gate/up tiles in its 64-row form (the other GPU-tuning tests take 32-row tiles).
+/// the gate/up tiles in its 64-row form (the other GPU-tuning tests take 32-row tiles); and
+/// with 128-wide heads (decode attention in tiles of 32 keys).
 #[test]
 fn qwen3_in_gpu_tuning_matches_cpu_reference() {
-    check("qwen3", Tuning { min_workgroups: 0, ..GPU }, false);
+    check("qwen3", 128, Tuning { min_workgroups: 0, ..GPU }, false);
 }
 
 /// The GPU tuning's prefill matmuls with f16 tiles (lavapipe has shader-f16). qwen3 only:
@@ -376,5 +383,5 @@ fn qwen3_in_gpu_tuning_matches_cpu_reference() {
 /// 2.6e-5 with f32 tiles.
 #[test]
 fn qwen3_with_f16_tiles_matches_cpu_reference() {
-    check("qwen3", GPU, true);
+    check("qwen3", HEAD_DIM, GPU, true);
 }
