@@ -23,6 +23,7 @@
 
 #include attention_common
 #include attention_partials
+#include workgroup_sum
 @group(0) @binding(7) var<storage, read> norm_w: array<f32>;
 @group(0) @binding(8) var<storage, read> inv_freq: array<f32>;
 
@@ -56,21 +57,8 @@ fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
         }
     }
     if ((ap.flags & 4u) != 0u) {
-        // Sums of squares in two rounds (16 partial sums of 16, then their total), not a
-        // tree of eight barriers.
-        red[lid] = select(0.0, qs[lid] * qs[lid], lid < hd);
-        red[WG + lid] = select(0.0, kc[lid] * kc[lid], own && lid < hd);
-        workgroupBarrier();
-        if (lid < 32u) {
-            let b = (lid / 16u) * WG + (lid % 16u) * 16u;
-            var p = 0.0;
-            for (var i = 0u; i < 16u; i++) { p += red[b + i]; }
-            red[2u * WG + lid] = p;
-        }
-        workgroupBarrier();
+        let sq = workgroup_sum(vec2<f32>(select(0.0, qs[lid] * qs[lid], lid < hd), select(0.0, kc[lid] * kc[lid], own && lid < hd)), lid);
         if (lid < hd) {
-            var sq = vec2<f32>(0.0);
-            for (var i = 0u; i < 16u; i++) { sq += vec2<f32>(red[2u * WG + i], red[2u * WG + 16u + i]); }
             qs[lid] *= inverseSqrt(sq.x / f32(hd) + ap.eps) * norm_w[lid];
             if (own) { kc[lid] *= inverseSqrt(sq.y / f32(hd) + ap.eps) * norm_w[hd + lid]; }
         }

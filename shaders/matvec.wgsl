@@ -25,8 +25,8 @@
 //   attention's key-split partials for the token (attention_partials.wgsl), and every
 //   workgroup merges them into workgroup memory before its products, so no combine pass
 //   runs between attention and this matvec. The engine merges where the heads fit in xm
-//   and their splits in split_w (short contexts); longer ones run the combine pass and a
-//   plain matvec.
+//   and the splits are few (short contexts); longer ones run the combine pass and a plain
+//   matvec.
 //
 // `many` is the entry for matrices with many rows (vocabulary heads), which are bound by
 // bandwidth rather than latency: each group of LANES lanes takes 8 rows, loading (and
@@ -59,81 +59,70 @@ struct Step { n_tok: u32, pos0: u32, splits: u32, _p1: u32 }
 // POST: x's inverse RMS, and whether this invocation writes the new residual.
 var<private> post_inv: f32;
 var<private> post_keep: bool;
-var<workgroup> sums: array<f32, 272>;
 
-// x's inverse RMS over the row at xb, summed by the whole workgroup (then 16 partial sums
-// of 16): every invocation must call it.
+// x's inverse RMS over the row at xb, summed by the whole workgroup: every invocation must
+// call it.
 fn inverse_rms(xb: u32, n4: u32, lid: u32) -> f32 {
     var s = 0.0;
     for (var g = lid; g < n4; g += 256u) {
         let v = x[xb + g];
         s += dot(v, v);
     }
-    sums[lid] = s;
-    workgroupBarrier();
-    if (lid < 16u) {
-        var p = 0.0;
-        for (var i = 0u; i < 16u; i++) { p += sums[16u * lid + i]; }
-        sums[256u + lid] = p;
-    }
-    workgroupBarrier();
-    var total = 0.0;
-    for (var i = 0u; i < 16u; i++) { total += sums[256u + i]; }
-    return inverseSqrt(total / f32(wp.k) + wp.eps);
+    return inverseSqrt(workgroup_sum(vec2<f32>(s, 0.0), lid).x / f32(wp.k) + wp.eps);
 }
 
 #include activation
+#include workgroup_sum
 #include attention_partials
 
-// Sizes of MERGE's workgroup memory, set only in its pipeline (other matvecs hold none).
+// The size of MERGE's workgroup memory, set only in its pipeline (other matvecs hold none).
 override MERGE_VEC4S: u32 = 1u;
-override MERGE_PAIRS: u32 = 1u;
 var<workgroup> xm: array<vec4<f32>, MERGE_VEC4S>;  // the merged attention output
-var<workgroup> split_w: array<f32, MERGE_PAIRS>;   // per (head, split), its weight
 
-// Pair (head h, split s)'s share of dimensions 4d4..4d4+3: its weight times its values
-// (zero past the splits, whose last is read again so the loads need no branch).
-fn split_share(h: u32, s: u32, n: u32, stride4: u32, d4: u32) -> vec4<f32> {
-    let si = min(s, n - 1u);
-    return select(0.0, split_w[h * n + si], s < n) * x[(h * n + si) * stride4 + d4];
+// The max of split s of the n at `base` (past the splits, whose last is read again so the
+// loads need no branch, the lowest float).
+fn split_max(base: u32, s: u32, n: u32, stride4: u32, hd: u32) -> f32 {
+    return select(-3.0e38, x[(base + min(s, n - 1u)) * stride4 + hd / 4u].x, s < n);
+}
+
+// Split s's share of dimensions 4d4..4d4+3, given the head's largest max mx: its values
+// weighted by exp(m - mx) (v), and its sum so weighted (l); zero past the splits.
+struct Share { v: vec4<f32>, l: f32 }
+
+fn split_share(base: u32, s: u32, n: u32, stride4: u32, hd: u32, d4: u32, mx: f32) -> Share {
+    let row = (base + min(s, n - 1u)) * stride4;
+    let ml = x[row + hd / 4u].xy;
+    let e = select(0.0, exp(ml.x - mx), s < n);
+    return Share(e * x[row + d4], e * ml.y);
 }
 
 // MERGE: the token's attention output into xm, from its `step.splits` key splits (flash
-// decoding's combine). Every invocation must call it.
+// decoding's combine). Each thread merges its own four dimensions, reading its head's
+// splits' maxima and sums itself, so one barrier (xm's) is all the merge waits on; four
+// splits' loads in flight per round. Every invocation must call it.
 fn merge_splits(lid: u32) {
     let hd = wp.head_dim;
     let n = step.splits;
-    let pairs = (wp.k / hd) * n;
     let stride4 = part_stride(hd) / 4u;
-    // One pair per thread: its max and sum; its head's max over the splits; the pair's
-    // weight exp(m - max) / sum over the head's splits of exp(m' - max) * sum'.
-    let mine = lid < pairs;
-    let ml = x[min(lid, pairs - 1u) * stride4 + hd / 4u].xy;
-    let h0 = min((lid / n) * n, MERGE_PAIRS - n);
-    split_w[lid] = select(-3.0e38, ml.x, mine);
-    workgroupBarrier();
-    var mx = -3.0e38;
-    for (var s = 0u; s < n; s++) { mx = max(mx, split_w[h0 + s]); }
-    let e = select(0.0, exp(ml.x - mx), mine);
-    workgroupBarrier();
-    split_w[lid] = e * ml.y;
-    workgroupBarrier();
-    var total = 0.0;
-    for (var s = 0u; s < n; s++) { total += split_w[h0 + s]; }
-    workgroupBarrier();
-    split_w[lid] = select(0.0, e / total, mine);
-    workgroupBarrier();
-    // Four dimensions per thread and round, four splits' loads in flight (heads are
-    // multiples of 16 wide, so a vec4 never straddles two).
     for (var g = lid; g < wp.k / 4u; g += 256u) {
+        // Heads are multiples of 16 wide, so a vec4 never straddles two.
         let h = 4u * g / hd;
         let d4 = g - h * (hd / 4u);
-        var acc = vec4<f32>(0.0);
+        let base = h * n;
+        var mx = -3.0e38;
         for (var s = 0u; s < n; s += 4u) {
-            acc += split_share(h, s, n, stride4, d4) + split_share(h, s + 1u, n, stride4, d4)
-                + split_share(h, s + 2u, n, stride4, d4) + split_share(h, s + 3u, n, stride4, d4);
+            mx = max(max(mx, max(split_max(base, s, n, stride4, hd), split_max(base, s + 1u, n, stride4, hd))),
+                     max(split_max(base, s + 2u, n, stride4, hd), split_max(base, s + 3u, n, stride4, hd)));
         }
-        xm[g] = acc;
+        var acc = Share(vec4<f32>(0.0), 0.0);
+        for (var s = 0u; s < n; s += 4u) {
+            let a = split_share(base, s, n, stride4, hd, d4, mx);
+            let b = split_share(base, s + 1u, n, stride4, hd, d4, mx);
+            let c = split_share(base, s + 2u, n, stride4, hd, d4, mx);
+            let d = split_share(base, s + 3u, n, stride4, hd, d4, mx);
+            acc = Share(acc.v + a.v + b.v + c.v + d.v, acc.l + a.l + b.l + c.l + d.l);
+        }
+        xm[g] = acc.v / acc.l;
     }
     workgroupBarrier();
 }

@@ -3,8 +3,8 @@
 // of consecutive invocations at least SG_MIN long, so lanes lid ^ o (o < SG_MIN) share one;
 // rows wider than that add their blocks' sums through workgroup memory. Every invocation
 // of the workgroup must call it; lane 0 gets the row's total. A second call must follow a
-// barrier: invocations may still be reading the first one's sums from `partial`.
-override SG_MIN: u32 = 32u;
+// barrier: invocations may still be reading the first one's sums from `partial`. (SG_MIN is
+// an override the engine declares wherever a subgroup include is used.)
 var<workgroup> partial: array<vec4<f32>, 256>;
 
 fn reduce_row(v: vec4<f32>, lid: u32, lane: u32) -> vec4<f32> {

@@ -44,7 +44,8 @@ pub enum Kernel {
 }
 
 /// A shader's text with `#include NAME` lines replaced by the shared WGSL they name.
-/// `#include reduce` picks the subgroup reduction where the device has subgroups.
+/// `#include reduce` and `#include workgroup_sum` pick their subgroup variants where the
+/// device has subgroups; those take the override SG_MIN, declared once here.
 fn compose(src: &str, subgroups: bool) -> String {
     let mut uses_subgroups = false;
     let body = src
@@ -61,13 +62,22 @@ fn compose(src: &str, subgroups: bool) -> String {
                 include_str!("../../../shaders/reduce_subgroup.wgsl")
             }
             Some("reduce") => include_str!("../../../shaders/reduce_shared.wgsl"),
+            Some("workgroup_sum") if subgroups => {
+                uses_subgroups = true;
+                include_str!("../../../shaders/workgroup_sum_subgroup.wgsl")
+            }
+            Some("workgroup_sum") => include_str!("../../../shaders/workgroup_sum_shared.wgsl"),
             Some(other) => panic!("unknown WGSL include `{other}`"),
             None => line,
         })
         .collect::<Vec<_>>()
         .join("\n");
+    if !uses_subgroups {
+        return body;
+    }
     // Browsers (Tint) require the directive; naga rejects it and needs none.
-    if uses_subgroups && cfg!(target_arch = "wasm32") { format!("enable subgroups;\n{body}") } else { body }
+    let enable = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
+    format!("{enable}override SG_MIN: u32 = 32u;\n{body}")
 }
 
 /// Keys per tile of attention.wgsl for blocks of `queries` queries: 32, or with one query
@@ -239,11 +249,9 @@ pub const MIN_SPLIT_COLUMNS: usize = 32;
 
 /// Rows per group of lanes in matvec.wgsl's `many`.
 pub const MATVEC_MANY_ROWS: u32 = 8;
-/// matvec.wgsl's MERGE: the most attention output floats (heads x head_dim) and (head, key
-/// split) pairs its workgroup memory holds (8 KB and 1 KB, within WebGPU's 16 KB with the
-/// reductions' 5 KB).
+/// matvec.wgsl's MERGE: the most attention output floats (heads x head_dim) its workgroup
+/// memory holds (8 KB, within WebGPU's 16 KB with the reductions' 6 KB).
 pub const MERGE_FLOATS: usize = 2048;
-pub const MERGE_PAIRS: usize = 256;
 
 impl Tuning {
     pub const GPU: Tuning = Tuning { matvec_lanes: 32, attention_heads: 1, matmul_by_rows: false, min_workgroups: 128, split_workgroups: 512, attention_tile_bytes: u32::MAX, whole_attention_keys: 0 };
@@ -502,19 +510,20 @@ impl Gpu {
 
     /// Pipeline-overridable constants tuned to the adapter.
     fn overrides(&self, kernel: Kernel) -> Vec<(&'static str, f64)> {
-        match kernel {
-            Kernel::MatVec(_, lanes, _, merged) => {
-                let mut o = vec![("LANES", lanes as f64)];
-                if self.summary.subgroups {
-                    o.push(("SG_MIN", self.summary.subgroup_min_size.max(1) as f64));
-                }
-                if merged {
-                    o.extend([("MERGE_VEC4S", (MERGE_FLOATS / 4) as f64), ("MERGE_PAIRS", MERGE_PAIRS as f64)]);
-                }
-                o
+        // Modules with a subgroup include (matvec.wgsl, attention.wgsl) take SG_MIN.
+        let mut o = match kernel {
+            Kernel::MatVec(..) | Kernel::Attention(..) | Kernel::AttentionCombine if self.summary.subgroups => {
+                vec![("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
             }
             _ => Vec::new(),
+        };
+        if let Kernel::MatVec(_, lanes, _, merged) = kernel {
+            o.push(("LANES", lanes as f64));
+            if merged {
+                o.push(("MERGE_VEC4S", (MERGE_FLOATS / 4) as f64));
+            }
         }
+        o
     }
 
     /// Threads per matvec row for `rows` rows of length `k`: the tuning's, and on GPUs twice

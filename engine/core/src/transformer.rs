@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf, TensorInfo};
-use crate::gpu::{attention_keys_per_tile, Gpu, Kernel, MERGE_FLOATS, MERGE_PAIRS};
+use crate::gpu::{attention_keys_per_tile, Gpu, Kernel, MERGE_FLOATS};
 use crate::models::{Activation, Config};
 use crate::quant::{self, GgmlType};
 
@@ -865,7 +865,7 @@ impl Transformer {
         // Decode's output projection merges the key splits where they are few and the heads
         // fit matvec.wgsl's workgroup memory (GPUs: CPU adapters attend in one split).
         let fits = g.tuning().whole_attention_keys < u32::MAX && qd <= MERGE_FLOATS;
-        let merge_splits = if fits { (MERGE_PAIRS / cfg.n_head).min(MERGE_MAX_SPLITS) as u32 } else { 0 };
+        let merge_splits = if fits { MERGE_MAX_SPLITS as u32 } else { 0 };
         let merge = merge_splits >= 2;
         let aparams = |window: u32, decode: bool| {
             let fused = decode && fuse_rope;
