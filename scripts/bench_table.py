@@ -29,6 +29,11 @@ for f in files:
         # llama-bench's tg row starts from an empty context: compare it with the first row.
         ref = llama(0, d["gen_tokens"]) if i == 0 else None
         print(f"| {name} | decode {d['gen_tokens']} tok/s (after {d['prompt_tokens']}) | {d['decode_tok_s']:.0f} | {num(ref) if i == 0 else ''} | {ratio(d['decode_tok_s'], ref) if i == 0 else ''} |")
+    for d in g:
+        # The chat's sampling (temperature 0.7, top-k 40, top-p 0.95, min-p 0.05); llama-bench
+        # does not sample.
+        if "sampled_decode_tok_s" in d:
+            print(f"| {name} | decode {d['gen_tokens']} tok/s sampled (after {d['prompt_tokens']}) | {d['sampled_decode_tok_s']:.0f} | | |")
     for d in g[:1]:
         print(f"| {name} | first token ms (after {d['prompt_tokens']}-token prefill) | {d['first_token_ms']:.1f} | | |")
         if "load_ms" in d:

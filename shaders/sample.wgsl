@@ -1,10 +1,16 @@
 // Token selection on the GPU, so only the chosen id is read back.
 // `argmax_partial` + `argmax_final`: greedy decoding over the whole vocabulary in two passes.
-// `sample`: one workgroup applies repetition/presence/frequency penalties, then (as in
-// llama.cpp's default chain) top-k, top-p and min-p on the untempered distribution, then
-// draws from softmax(logits / temperature) over the survivors with the host's uniform `u`.
-// Thresholds are found by bisection on the order-preserving bit pattern of (max - logit),
-// so top-k keeps exactly the k largest values (plus exact ties).
+// Sampling in three: `sample_prepare` applies repetition/presence/frequency penalties and
+// finds each 4096-logit chunk's max (as argmax_partial); `sample_candidates` keeps, per
+// 1024-logit chunk, the logits that can survive top-k (fewer than k of the chunk's keys
+// below theirs: a superset of the vocabulary's survivors), in index order; `sample` (one
+// workgroup) gathers them and applies (as in llama.cpp's default chain) top-k, top-p and
+// min-p on the untempered distribution, then draws from softmax(logits / temperature) over
+// the survivors with the host's uniform `u`. Thresholds are found by bisection on the
+// order-preserving bit pattern of (max - logit), so top-k keeps exactly the k largest
+// values (plus exact ties). Without top-k, `sample` works on the whole vocabulary (one
+// workgroup: slow for big vocabularies; Gemma 3's 262144 took 12 ms a token on an H100,
+// where the candidates take it to well under one).
 
 struct SParams {
     vocab: u32,
@@ -27,8 +33,14 @@ struct Penalty { id: u32, count: u32 }
 @group(0) @binding(2) var<storage, read_write> result: array<u32>;
 @group(0) @binding(3) var<storage, read> penalties: array<Penalty>;
 @group(0) @binding(4) var<uniform> sp: SParams;
+// Per candidate chunk, its survivors (value bits, index) from slot chunk * CAND_CHUNK; after
+// them (from slot cand_slots()), the gathered list `sample` works on.
+@group(0) @binding(5) var<storage, read_write> cand: array<vec2<u32>>;
+@group(0) @binding(6) var<storage, read_write> counts: array<u32>;
 
 const WG: u32 = 256u;
+const ARGMAX_CHUNK: u32 = WG * 16u;
+const CAND_CHUNK: u32 = WG * 4u;
 var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_i: array<u32, WG>;
 var<workgroup> acc_u: array<u32, WG>;
@@ -49,12 +61,11 @@ fn wg_argmax(lid: u32) {
     }
 }
 
-@compute @workgroup_size(256)
-fn argmax_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let chunk = WG * 16u;
+// Chunk `c` of ARGMAX_CHUNK logits: its largest (and first) into partials[c].
+fn chunk_argmax(c: u32, lid: u32) {
     var bv = -3.4e38;
     var bi = 0xFFFFFFFFu;
-    for (var i = wid.x * chunk + lid; i < min(sp.vocab, (wid.x + 1u) * chunk); i += WG) {
+    for (var i = c * ARGMAX_CHUNK + lid; i < min(sp.vocab, (c + 1u) * ARGMAX_CHUNK); i += WG) {
         let v = logits[i];
         if (better(bv, bi, v, i)) { bv = v; bi = i; }
     }
@@ -62,7 +73,12 @@ fn argmax_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     best_i[lid] = bi;
     workgroupBarrier();
     wg_argmax(lid);
-    if (lid == 0u) { partials[wid.x] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]); }
+    if (lid == 0u) { partials[c] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]); }
+}
+
+@compute @workgroup_size(256)
+fn argmax_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    chunk_argmax(wid.x, lid);
 }
 
 @compute @workgroup_size(256)
@@ -109,41 +125,121 @@ fn sum_f(v: f32, lid: u32) -> f32 {
     return workgroupUniformLoad(&acc_f[0]);
 }
 
-fn count_le(limit: u32, mx: f32, lid: u32) -> u32 {
+// Does top-k narrow the vocabulary, so that `sample` works on the candidates?
+fn by_candidates() -> bool {
+    return sp.top_k > 0u && sp.top_k < sp.vocab;
+}
+
+fn cand_slots() -> u32 {
+    return (sp.vocab + CAND_CHUNK - 1u) / CAND_CHUNK * CAND_CHUNK;
+}
+
+// `sample`'s list: the gathered candidates (n_items of them, in index order), or the whole
+// vocabulary. Item i's logit and vocabulary index.
+var<workgroup> n_items: u32;
+
+fn item(i: u32) -> vec2<u32> {
+    if (by_candidates()) { return cand[cand_slots() + i]; }
+    return vec2<u32>(bitcast<u32>(logits[i]), i);
+}
+
+fn item_value(i: u32) -> f32 {
+    return bitcast<f32>(item(i).x);
+}
+
+fn count_le(limit: u32, mx: f32, lid: u32, n: u32) -> u32 {
     var c = 0u;
-    for (var i = lid; i < sp.vocab; i += WG) { c += u32(key_of(logits[i], mx) <= limit); }
+    for (var i = lid; i < n; i += WG) { c += u32(key_of(item_value(i), mx) <= limit); }
     return sum_u(c, lid);
 }
 
-fn mass_le(limit: u32, mx: f32, lid: u32) -> f32 {
+fn mass_le(limit: u32, mx: f32, lid: u32, n: u32) -> f32 {
     var s = 0.0;
-    for (var i = lid; i < sp.vocab; i += WG) {
-        let v = logits[i];
+    for (var i = lid; i < n; i += WG) {
+        let v = item_value(i);
         if (key_of(v, mx) <= limit) { s += exp(v - mx); }
     }
     return sum_f(s, lid);
 }
 
+// The penalized vocabulary's largest logit, from sample_prepare's chunk maxima.
+fn penalized_max() -> f32 {
+    var mx = -3.4e38;
+    for (var c = 0u; c < (sp.vocab + ARGMAX_CHUNK - 1u) / ARGMAX_CHUNK; c++) { mx = max(mx, bitcast<f32>(partials[c].x)); }
+    return mx;
+}
+
 @compute @workgroup_size(256)
-fn sample(@builtin(local_invocation_index) lid: u32) {
-    // Penalties (llama.cpp semantics): each listed id is distinct, so no write conflicts.
+fn sample_prepare(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    // Penalties (llama.cpp semantics) on this chunk: each listed id is distinct, so no write
+    // conflicts.
+    let lo = wid.x * ARGMAX_CHUNK;
     for (var i = lid; i < sp.n_penalties; i += WG) {
         let pen = penalties[i];
-        var v = logits[pen.id];
-        if (v > 0.0) { v /= sp.repeat_penalty; } else { v *= sp.repeat_penalty; }
-        v -= f32(pen.count) * sp.frequency_penalty + sp.presence_penalty;
-        logits[pen.id] = v;
+        if (pen.id >= lo && pen.id < lo + ARGMAX_CHUNK) {
+            var v = logits[pen.id];
+            if (v > 0.0) { v /= sp.repeat_penalty; } else { v *= sp.repeat_penalty; }
+            v -= f32(pen.count) * sp.frequency_penalty + sp.presence_penalty;
+            logits[pen.id] = v;
+        }
     }
     storageBarrier();
-    workgroupBarrier();
+    chunk_argmax(wid.x, lid);
+}
 
-    var local_max = -3.4e38;
-    for (var i = lid; i < sp.vocab; i += WG) { local_max = max(local_max, logits[i]); }
-    best_v[lid] = local_max;
-    best_i[lid] = 0u;
+var<workgroup> ckeys: array<u32, CAND_CHUNK>;
+var<workgroup> ckept: array<u32, WG>;
+
+@compute @workgroup_size(256)
+fn sample_candidates(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (!by_candidates()) { return; } // uniform
+    let mx = penalized_max();
+    // Four consecutive logits per thread, as keys (past the vocabulary: the largest key, and
+    // never kept).
+    let base = wid.x * CAND_CHUNK;
+    let first = base + 4u * lid;
+    var key = vec4<u32>(0xFFFFFFFFu);
+    for (var j = 0u; j < 4u; j++) {
+        if (first + j < sp.vocab) { key[j] = key_of(logits[first + j], mx); }
+        ckeys[4u * lid + j] = key[j];
+    }
     workgroupBarrier();
-    wg_argmax(lid);
-    let mx = workgroupUniformLoad(&best_v[0]);
+    // A logit can survive the vocabulary's top-k only if fewer than k of its chunk's keys
+    // are below its own (the vocabulary has at least those).
+    var below = vec4<u32>(0u);
+    for (var i = 0u; i < CAND_CHUNK; i++) { below += vec4<u32>(vec4<u32>(ckeys[i]) < key); }
+    let kept = (below < vec4<u32>(sp.top_k)) & (key != vec4<u32>(0xFFFFFFFFu));
+    let mine = u32(kept.x) + u32(kept.y) + u32(kept.z) + u32(kept.w);
+    ckept[lid] = mine;
+    workgroupBarrier();
+    // In index order: after the survivors of the threads before this one.
+    var at = base;
+    for (var t = 0u; t < lid; t++) { at += ckept[t]; }
+    for (var j = 0u; j < 4u; j++) {
+        if (kept[j]) {
+            cand[at] = vec2<u32>(bitcast<u32>(logits[first + j]), first + j);
+            at += 1u;
+        }
+    }
+    if (lid == WG - 1u) { counts[wid.x] = at - base; }
+}
+
+@compute @workgroup_size(256)
+fn sample(@builtin(local_invocation_index) lid: u32) {
+    let mx = penalized_max();
+    // With top-k: the candidates, gathered after the chunks' slots in index order.
+    var n = sp.vocab;
+    if (by_candidates()) {
+        let chunks = cand_slots() / CAND_CHUNK;
+        for (var c = lid; c < chunks; c += WG) {
+            var at = cand_slots();
+            for (var b = 0u; b < c; b++) { at += counts[b]; }
+            for (var j = 0u; j < counts[c]; j++) { cand[at + j] = cand[c * CAND_CHUNK + j]; }
+            if (c == chunks - 1u) { n_items = at + counts[c] - cand_slots(); }
+        }
+        storageBarrier();
+        n = workgroupUniformLoad(&n_items);
+    }
 
     var limit = 0x7F800000u; // +inf bits: everything
     if (sp.top_k > 0u && sp.top_k < sp.vocab) {
@@ -152,17 +248,17 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         var hi = 0x7F800000u;
         while (lo < hi) {
             let mid = lo + (hi - lo) / 2u;
-            if (count_le(mid, mx, lid) >= sp.top_k) { hi = mid; } else { lo = mid + 1u; }
+            if (count_le(mid, mx, lid, n) >= sp.top_k) { hi = mid; } else { lo = mid + 1u; }
         }
         limit = lo;
     }
     if (sp.top_p < 1.0) {
-        let total = mass_le(limit, mx, lid);
+        let total = mass_le(limit, mx, lid, n);
         var lo = 0u;
         var hi = limit;
         while (lo < hi) {
             let mid = lo + (hi - lo) / 2u;
-            if (mass_le(mid, mx, lid) >= sp.top_p * total) { hi = mid; } else { lo = mid + 1u; }
+            if (mass_le(mid, mx, lid, n) >= sp.top_p * total) { hi = mid; } else { lo = mid + 1u; }
         }
         limit = lo;
     }
@@ -173,12 +269,12 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
 
     // Draw from softmax(logits / T) over keys <= limit, scanning in index order.
     let inv_t = 1.0 / max(sp.temperature, 1e-6);
-    let per = (sp.vocab + WG - 1u) / WG;
-    let lo_i = lid * per;
-    let hi_i = min(sp.vocab, lo_i + per);
+    let per = (n + WG - 1u) / WG;
+    let lo_i = min(n, lid * per);
+    let hi_i = min(n, lo_i + per);
     var s = 0.0;
     for (var i = lo_i; i < hi_i; i++) {
-        let v = logits[i];
+        let v = item_value(i);
         if (key_of(v, mx) <= limit) { s += exp((v - mx) * inv_t); }
     }
     workgroupBarrier();
@@ -206,11 +302,12 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         var chosen = 0xFFFFFFFFu;
         var last = 0xFFFFFFFFu;
         for (var i = lo_i; i < hi_i; i++) {
-            let v = logits[i];
+            let it = item(i);
+            let v = bitcast<f32>(it.x);
             if (key_of(v, mx) <= limit) {
-                last = i;
+                last = it.y;
                 let e = exp((v - mx) * inv_t);
-                if (goal < e) { chosen = i; break; }
+                if (goal < e) { chosen = it.y; break; }
                 goal -= e;
             }
         }

@@ -224,6 +224,12 @@ async fn bench(args: &Args) -> Result<()> {
         let (ttft, decode_ms) = (g.prefill_ms, g.decode_ms * gen as f64 / (g.tokens.len() - 1).max(1) as f64);
         let t = engine.model.step_times.take();
         let split = (t.encode_ms / t.steps as f64, t.wait_ms / t.steps as f64);
+        // The same decode with the chat's default sampling (temperature, top-k, top-p, min-p),
+        // as the side panel runs it.
+        engine.reset();
+        let sampled = GenerateOptions { sampling: Sampling::default(), ..opts };
+        let s = engine.generate(&prompt, &sampled, |_| Flow::Continue).await?;
+        let sampled_ms = s.decode_ms * gen as f64 / (s.tokens.len() - 1).max(1) as f64;
         let (pos, next) = (engine.context_used(), *g.tokens.last().unwrap());
         let mut kernels = engine.model.profile(&[next], pos).await?.map(|ops| format!(",\"kernels\":{}", kernel_profile(&ops)));
         // And the prompt's last prefill chunk, run again where it was.
@@ -231,7 +237,7 @@ async fn bench(args: &Args) -> Result<()> {
         if let Some(ops) = engine.model.profile(&prompt[n - chunk..], n - chunk).await? {
             kernels.get_or_insert_default().push_str(&format!(",\"prefill_kernels\":{}", kernel_profile(&ops)));
         }
-        rows.push(serde_json_row(&engine, n, prefill_ms, gen, decode_ms, ttft, split, load_ms, kernels));
+        rows.push(serde_json_row(&engine, n, prefill_ms, gen, [decode_ms, sampled_ms], ttft, split, load_ms, kernels));
     }
     let out = format!("[{}]", rows.join(","));
     println!("{out}");
@@ -259,20 +265,22 @@ fn kernel_profile(ops: &[(String, f64)]) -> String {
     format!("[{}]", items.join(","))
 }
 
-/// One JSON row; `split` is the mean per decode step of CPU encode+submit and GPU wait (ms);
+/// One JSON row; `decode_ms` greedy and sampled; `split` is the mean per greedy decode step
+/// of CPU encode+submit and GPU wait (ms);
 /// `kernels` the decode step's and a prefill chunk's profile fields where the adapter has
 /// timestamp queries.
 #[allow(clippy::too_many_arguments)]
-fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: f64, ttft: f64, split: (f64, f64), load_ms: f64, kernels: Option<String>) -> String {
+fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: [f64; 2], ttft: f64, split: (f64, f64), load_ms: f64, kernels: Option<String>) -> String {
     let kernels = kernels.unwrap_or_default();
     format!(
-        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"batch\":{},\"f16\":{},\"decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{},\"gpu_bytes\":{},\"load_ms\":{load_ms:.1}{kernels}}}",
+        "{{\"model\":\"{}\",\"adapter\":\"{}\",\"prompt_tokens\":{n},\"prefill_tok_s\":{:.1},\"gen_tokens\":{gen},\"batch\":{},\"f16\":{},\"decode_tok_s\":{:.1},\"sampled_decode_tok_s\":{:.1},\"first_token_ms\":{:.2},\"step_encode_ms\":{:.3},\"step_wait_ms\":{:.3},\"bytes_per_token\":{},\"dispatches_per_token\":{},\"weight_bytes\":{},\"kv_bytes\":{},\"gpu_bytes\":{},\"load_ms\":{load_ms:.1}{kernels}}}",
         e.info.name,
         e.info.adapter.name,
         n as f64 / (prefill_ms / 1000.0),
         e.model.max_batch,
         e.model.gpu.f16(),
-        gen as f64 / (decode_ms / 1000.0),
+        gen as f64 / (decode_ms[0] / 1000.0),
+        gen as f64 / (decode_ms[1] / 1000.0),
         ttft,
         split.0,
         split.1,

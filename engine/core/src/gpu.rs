@@ -40,6 +40,9 @@ pub enum Kernel {
     Glu,
     ArgmaxPartial,
     ArgmaxFinal,
+    /// Sampling: penalties and chunk maxima, top-k candidates per chunk, the draw.
+    SamplePrepare,
+    SampleCandidates,
     Sample,
 }
 
@@ -182,6 +185,8 @@ impl Kernel {
             Kernel::Glu => (include_str!("../../../shaders/glu.wgsl").into(), "main"),
             Kernel::ArgmaxPartial => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_partial"),
             Kernel::ArgmaxFinal => (include_str!("../../../shaders/sample.wgsl").into(), "argmax_final"),
+            Kernel::SamplePrepare => (include_str!("../../../shaders/sample.wgsl").into(), "sample_prepare"),
+            Kernel::SampleCandidates => (include_str!("../../../shaders/sample.wgsl").into(), "sample_candidates"),
             Kernel::Sample => (include_str!("../../../shaders/sample.wgsl").into(), "sample"),
         };
         (compose(&src, subgroups), entry)
@@ -200,8 +205,8 @@ impl Kernel {
             // One layout for both entry points, so they share a bind group.
             Kernel::Attention(..) | Kernel::AttentionTiles(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
             Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],
-            Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::Sample => {
-                &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform]
+            Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::SamplePrepare | Kernel::SampleCandidates | Kernel::Sample => {
+                &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform, ReadWrite, ReadWrite]
             }
         }
     }

@@ -26,6 +26,8 @@ const TILE_QUERIES: usize = 64;
 const ROW_WORKGROUP: u32 = 64;
 const ROW_TOKENS: u32 = 8;
 const ARGMAX_CHUNK: u32 = 256 * 16;
+/// Logits per chunk of sample.wgsl's top-k candidates (its CAND_CHUNK).
+const CAND_CHUNK: u32 = 256 * 4;
 /// Prefill's attention splits the keys into runs of at least this many positions (decode's:
 /// the length of its kernel's tile, `Transformer::decode_split_keys`).
 const MIN_KEYS_PER_SPLIT: usize = 32;
@@ -1073,15 +1075,13 @@ impl Transformer {
         let head_decode = std::mem::take(&mut dec.ops);
 
         let sample_params = g.uniform("sparams", &SampleParams::default());
-        let partials = g.storage("partials", (cfg.vocab as u64).div_ceil(ARGMAX_CHUNK as u64) * 8)?;
-        let result = g.storage("result", 16)?;
-        let penalties = g.storage("penalties", (MAX_PENALTIES * 8) as u64)?;
-        let sbind = [&logits, &partials, &result, &penalties, &sample_params];
+        let [partials, result, penalties, cand, counts] = sampler_buffers(g, cfg.vocab)?;
+        let sbind = [&logits, &partials, &result, &penalties, &sample_params, &cand, &counts];
         let mut b = pre;
         b.op(Kernel::ArgmaxPartial, &sbind, Grid::Fixed((cfg.vocab as u32).div_ceil(ARGMAX_CHUNK)));
         b.op(Kernel::ArgmaxFinal, &sbind, Grid::Fixed(1));
         let greedy = std::mem::take(&mut b.ops);
-        b.op(Kernel::Sample, &sbind, Grid::Fixed(1));
+        push_sampling(&mut b, &sbind, cfg.vocab as u32);
         let sample = std::mem::take(&mut b.ops);
         let result_staging = [g.readback_buffer("result", 4), g.readback_buffer("result", 4)];
         // Compile now every pipeline a prefill may pick (matmul tiles depend on the chunk's
@@ -1473,18 +1473,38 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
 }
 
 /// Runs the GPU sampler on `logits` (one row); for tests against `sampling::sample_reference`.
+/// sample.wgsl's buffers beside the logits and parameters: chunk maxima, the chosen id,
+/// penalties, the top-k candidates (per chunk its slots, then the gathered list: (value,
+/// index) each) and their count per chunk.
+fn sampler_buffers(g: &Gpu, vocab: usize) -> Result<[wgpu::Buffer; 5]> {
+    let chunks = vocab.div_ceil(CAND_CHUNK as usize);
+    Ok([
+        g.storage("partials", (vocab as u64).div_ceil(ARGMAX_CHUNK as u64) * 8)?,
+        g.storage("result", 16)?,
+        g.storage("penalties", (MAX_PENALTIES * 8) as u64)?,
+        g.storage("candidates", (2 * chunks * CAND_CHUNK as usize * 8) as u64)?,
+        g.storage("candidate counts", (chunks * 4) as u64)?,
+    ])
+}
+
+/// Sampling's dispatches over `bind` (logits, sampler_buffers' first three, the parameters,
+/// its last two): penalties and chunk maxima, top-k candidates per chunk, the draw.
+fn push_sampling(b: &mut Builder, bind: &[&wgpu::Buffer; 7], vocab: u32) {
+    b.op(Kernel::SamplePrepare, bind, Grid::Fixed(vocab.div_ceil(ARGMAX_CHUNK)));
+    b.op(Kernel::SampleCandidates, bind, Grid::Fixed(vocab.div_ceil(CAND_CHUNK)));
+    b.op(Kernel::Sample, bind, Grid::Fixed(1));
+}
+
 pub async fn apply_sampler(gpu: &Gpu, logits: &[f32], p: &SampleParams, penalties: &[[u32; 2]]) -> Result<u32> {
     let lb = gpu.storage_init("logits", bytemuck::cast_slice(logits))?;
-    let partials = gpu.storage("partials", (logits.len() as u64).div_ceil(ARGMAX_CHUNK as u64) * 8)?;
-    let result = gpu.storage("result", 16)?;
-    let pens = gpu.storage("penalties", (MAX_PENALTIES * 8) as u64)?;
+    let [partials, result, pens, cand, counts] = sampler_buffers(gpu, logits.len())?;
     if !penalties.is_empty() {
         gpu.queue.write_buffer(&pens, 0, bytemuck::cast_slice(penalties));
     }
     let params = gpu.uniform("sparams", &SampleParams { vocab: logits.len() as u32, n_penalties: penalties.len() as u32, ..*p });
     let dummy = gpu.storage("dummy", 16)?;
     let mut b = Builder { gpu, step: &dummy, dummy: &dummy, dummy_out: &dummy, split_scratch: None, slabs: None, when: When::Always, ops: Vec::new() };
-    b.op(Kernel::Sample, &[&lb, &partials, &result, &pens, &params], Grid::Fixed(1));
+    push_sampling(&mut b, &[&lb, &partials, &result, &pens, &params, &cand, &counts], logits.len() as u32);
     submit_ops(gpu, &b.ops, 1);
     let bytes = gpu.read(&result, 0, 4).await?;
     Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
