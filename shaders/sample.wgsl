@@ -103,26 +103,21 @@ fn key_of(v: f32, mx: f32) -> u32 {
     return bitcast<u32>(max(mx - v, 0.0));
 }
 
-fn sum_u(v: u32, lid: u32) -> u32 {
-    workgroupBarrier();
-    acc_u[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { acc_u[lid] += acc_u[lid + s]; }
-        workgroupBarrier();
-    }
-    return workgroupUniformLoad(&acc_u[0]);
-}
+#include workgroup_sum
+
+// The workgroup's sum of v, the same (uniform) value in every invocation; the bisections
+// call it twice per step. Counts go as floats: exact below 2^24.
+var<workgroup> uniform_sum: f32;
 
 fn sum_f(v: f32, lid: u32) -> f32 {
-    workgroupBarrier();
-    acc_f[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) { acc_f[lid] += acc_f[lid + s]; }
-        workgroupBarrier();
-    }
-    return workgroupUniformLoad(&acc_f[0]);
+    workgroupBarrier(); // the last call's invocations are done with workgroup_sum's memory
+    let total = workgroup_sum(vec2<f32>(v, 0.0), lid).x;
+    if (lid == 0u) { uniform_sum = total; }
+    return workgroupUniformLoad(&uniform_sum);
+}
+
+fn sum_u(v: u32, lid: u32) -> u32 {
+    return u32(sum_f(f32(v), lid));
 }
 
 // Does top-k narrow the vocabulary, so that `sample` works on the candidates?
@@ -134,13 +129,26 @@ fn cand_slots() -> u32 {
     return (sp.vocab + CAND_CHUNK - 1u) / CAND_CHUNK * CAND_CHUNK;
 }
 
-// `sample`'s list: the gathered candidates (n_items of them, in index order), or the whole
-// vocabulary. Item i's logit and vocabulary index.
+// `sample`'s list: top-k's survivors in workgroup memory once top-k has run (where they
+// fit: SURVIVORS), else the gathered candidates (n_items of them), or the whole vocabulary;
+// always in index order. Item i's logit bits and vocabulary index.
+const SURVIVORS: u32 = 1024u;
 var<workgroup> n_items: u32;
+var<workgroup> survivors: array<vec2<u32>, SURVIVORS>;
+var<private> in_survivors: bool;
 
 fn item(i: u32) -> vec2<u32> {
+    if (in_survivors) { return survivors[min(i, SURVIVORS - 1u)]; }
     if (by_candidates()) { return cand[cand_slots() + i]; }
     return vec2<u32>(bitcast<u32>(logits[i]), i);
+}
+
+// Items lid * per .. of the n (per = n / WG, rounded up): a contiguous range per invocation,
+// so that ranges in invocation order are in index order.
+fn range_of(lid: u32, n: u32) -> vec2<u32> {
+    let per = (n + WG - 1u) / WG;
+    let lo = min(n, lid * per);
+    return vec2<u32>(lo, min(n, lo + per));
 }
 
 fn item_value(i: u32) -> f32 {
@@ -251,6 +259,28 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
             if (count_le(mid, mx, lid, n) >= sp.top_k) { hi = mid; } else { lo = mid + 1u; }
         }
         limit = lo;
+        // Its survivors into workgroup memory, in index order, where they fit (k and its
+        // ties): top-p's bisection and the draw then read a few values, not the candidates.
+        let kept = count_le(limit, mx, lid, n);
+        if (kept <= SURVIVORS) {
+            let r = range_of(lid, n);
+            var mine = 0u;
+            for (var i = r.x; i < r.y; i++) { mine += u32(key_of(item_value(i), mx) <= limit); }
+            acc_u[lid] = mine;
+            workgroupBarrier();
+            var at = 0u;
+            for (var t = 0u; t < lid; t++) { at += acc_u[t]; }
+            for (var i = r.x; i < r.y; i++) {
+                let it = item(i);
+                if (key_of(bitcast<f32>(it.x), mx) <= limit) {
+                    survivors[at] = it;
+                    at += 1u;
+                }
+            }
+            workgroupBarrier();
+            in_survivors = true;
+            n = kept;
+        }
     }
     if (sp.top_p < 1.0) {
         let total = mass_le(limit, mx, lid, n);
@@ -269,9 +299,9 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
 
     // Draw from softmax(logits / T) over keys <= limit, scanning in index order.
     let inv_t = 1.0 / max(sp.temperature, 1e-6);
-    let per = (n + WG - 1u) / WG;
-    let lo_i = min(n, lid * per);
-    let hi_i = min(n, lo_i + per);
+    let r = range_of(lid, n);
+    let lo_i = r.x;
+    let hi_i = r.y;
     var s = 0.0;
     for (var i = lo_i; i < hi_i; i++) {
         let v = item_value(i);

@@ -515,9 +515,19 @@ impl Gpu {
 
     /// Pipeline-overridable constants tuned to the adapter.
     fn overrides(&self, kernel: Kernel) -> Vec<(&'static str, f64)> {
-        // Modules with a subgroup include (matvec.wgsl, attention.wgsl) take SG_MIN.
+        // Modules with a subgroup include (matvec.wgsl, attention.wgsl, sample.wgsl) take
+        // SG_MIN.
         let mut o = match kernel {
-            Kernel::MatVec(..) | Kernel::Attention(..) | Kernel::AttentionCombine if self.summary.subgroups => {
+            Kernel::MatVec(..)
+            | Kernel::Attention(..)
+            | Kernel::AttentionCombine
+            | Kernel::ArgmaxPartial
+            | Kernel::ArgmaxFinal
+            | Kernel::SamplePrepare
+            | Kernel::SampleCandidates
+            | Kernel::Sample
+                if self.summary.subgroups =>
+            {
                 vec![("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
             }
             _ => Vec::new(),
