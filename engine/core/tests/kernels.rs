@@ -124,6 +124,8 @@ fn gpu_sampler_matches_cpu_reference() {
         Sampling { temperature: 1.3, top_k: 0, top_p: 1.0, min_p: 0.02, ..Sampling::default() },
         Sampling { temperature: 0.5, top_k: 5, top_p: 0.5, min_p: 0.1, ..Sampling::default() },
         Sampling { temperature: 1.0, top_k: 0, top_p: 0.3, min_p: 0.0, repeat_penalty: 1.3, presence_penalty: 0.5, frequency_penalty: 0.2, ..Sampling::default() },
+        // Penalties with top-k: the candidates come from the penalized logits.
+        Sampling { temperature: 0.9, top_k: 20, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.5, presence_penalty: 0.3, ..Sampling::default() },
     ];
     let history: Vec<u32> = vec![greedy, 3, 3, 17, greedy, 4000];
     for (ci, s) in cases.iter().enumerate() {
