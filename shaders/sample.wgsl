@@ -196,7 +196,14 @@ fn sample_prepare(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 }
 
 var<workgroup> ckeys: array<u32, CAND_CHUNK>;
-var<workgroup> ckept: array<u32, WG>;
+
+// With each invocation's count in acc_u, behind a barrier: the counts of the invocations
+// before `lid`, where an in-order compaction writes its first item.
+fn counted_before(lid: u32) -> u32 {
+    var at = 0u;
+    for (var t = 0u; t < lid; t++) { at += acc_u[t]; }
+    return at;
+}
 
 @compute @workgroup_size(256)
 fn sample_candidates(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -218,11 +225,10 @@ fn sample_candidates(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     for (var i = 0u; i < CAND_CHUNK; i++) { below += vec4<u32>(vec4<u32>(ckeys[i]) < key); }
     let kept = (below < vec4<u32>(sp.top_k)) & (key != vec4<u32>(0xFFFFFFFFu));
     let mine = u32(kept.x) + u32(kept.y) + u32(kept.z) + u32(kept.w);
-    ckept[lid] = mine;
+    acc_u[lid] = mine;
     workgroupBarrier();
     // In index order: after the survivors of the threads before this one.
-    var at = base;
-    for (var t = 0u; t < lid; t++) { at += ckept[t]; }
+    var at = base + counted_before(lid);
     for (var j = 0u; j < 4u; j++) {
         if (kept[j]) {
             cand[at] = vec2<u32>(bitcast<u32>(logits[first + j]), first + j);
@@ -268,8 +274,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
             for (var i = r.x; i < r.y; i++) { mine += u32(key_of(item_value(i), mx) <= limit); }
             acc_u[lid] = mine;
             workgroupBarrier();
-            var at = 0u;
-            for (var t = 0u; t < lid; t++) { at += acc_u[t]; }
+            var at = counted_before(lid);
             for (var i = r.x; i < r.y; i++) {
                 let it = item(i);
                 if (key_of(bitcast<f32>(it.x), mx) <= limit) {

@@ -46,10 +46,11 @@ pub enum Kernel {
     Sample,
 }
 
-/// A shader's text with `#include NAME` lines replaced by the shared WGSL they name.
-/// `#include reduce` and `#include workgroup_sum` pick their subgroup variants where the
-/// device has subgroups; those take the override SG_MIN, declared once here.
-fn compose(src: &str, subgroups: bool) -> String {
+/// A shader's text with `#include NAME` lines replaced by the shared WGSL they name, and
+/// whether it declares the override SG_MIN: `#include reduce` and `#include workgroup_sum`
+/// pick their subgroup variants where the device has subgroups, and those take SG_MIN,
+/// declared once here.
+fn compose(src: &str, subgroups: bool) -> (String, bool) {
     let mut uses_subgroups = false;
     let body = src
         .lines()
@@ -76,11 +77,11 @@ fn compose(src: &str, subgroups: bool) -> String {
         .collect::<Vec<_>>()
         .join("\n");
     if !uses_subgroups {
-        return body;
+        return (body, false);
     }
     // Browsers (Tint) require the directive; naga rejects it and needs none.
     let enable = if cfg!(target_arch = "wasm32") { "enable subgroups;\n" } else { "" };
-    format!("{enable}override SG_MIN: u32 = 32u;\n{body}")
+    (format!("{enable}override SG_MIN: u32 = 32u;\n{body}"), true)
 }
 
 /// Keys per tile of attention.wgsl for blocks of `queries` queries: 32, or with one query
@@ -153,7 +154,8 @@ fn matmul(f16: bool, tile_rows: u32) -> String {
 }
 
 impl Kernel {
-    fn source(self, subgroups: bool, f16: bool) -> (String, &'static str) {
+    /// The kernel's composed WGSL, its entry point, and whether it declares SG_MIN.
+    fn source(self, subgroups: bool, f16: bool) -> (String, &'static str, bool) {
         // Weight kernels get the dequantizer of their type as `load4`.
         let quant = |body: &str, ty: GgmlType| {
             let f = match ty {
@@ -189,7 +191,8 @@ impl Kernel {
             Kernel::SampleCandidates => (include_str!("../../../shaders/sample.wgsl").into(), "sample_candidates"),
             Kernel::Sample => (include_str!("../../../shaders/sample.wgsl").into(), "sample"),
         };
-        (compose(&src, subgroups), entry)
+        let (text, sg_min) = compose(&src, subgroups);
+        (text, entry, sg_min)
     }
 
     pub fn bindings(self) -> &'static [Bind] {
@@ -486,7 +489,11 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
             return p.clone();
         }
-        let (src, entry) = kernel.source(self.summary.subgroups, self.f16);
+        let (src, entry, sg_min) = kernel.source(self.summary.subgroups, self.f16);
+        let mut constants = self.overrides(kernel);
+        if sg_min {
+            constants.push(("SG_MIN", self.summary.subgroup_min_size.max(1) as f64));
+        }
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&format!("{kernel:?}")),
             source: wgpu::ShaderSource::Wgsl(src.into()),
@@ -503,7 +510,7 @@ impl Gpu {
             module: &module,
             entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &self.overrides(kernel),
+                constants: &constants,
                 ..Default::default()
             },
             cache: None,
@@ -513,25 +520,10 @@ impl Gpu {
         p
     }
 
-    /// Pipeline-overridable constants tuned to the adapter.
+    /// Pipeline-overridable constants of the kernel's own (SG_MIN comes with the subgroup
+    /// includes: `pipeline`).
     fn overrides(&self, kernel: Kernel) -> Vec<(&'static str, f64)> {
-        // Modules with a subgroup include (matvec.wgsl, attention.wgsl, sample.wgsl) take
-        // SG_MIN.
-        let mut o = match kernel {
-            Kernel::MatVec(..)
-            | Kernel::Attention(..)
-            | Kernel::AttentionCombine
-            | Kernel::ArgmaxPartial
-            | Kernel::ArgmaxFinal
-            | Kernel::SamplePrepare
-            | Kernel::SampleCandidates
-            | Kernel::Sample
-                if self.summary.subgroups =>
-            {
-                vec![("SG_MIN", self.summary.subgroup_min_size.max(1) as f64)]
-            }
-            _ => Vec::new(),
-        };
+        let mut o = Vec::new();
         if let Kernel::MatVec(_, lanes, _, merged) = kernel {
             o.push(("LANES", lanes as f64));
             if merged {

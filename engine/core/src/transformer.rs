@@ -83,7 +83,8 @@ const GLU: u32 = 16;
 const POST: u32 = 32;
 /// The most key splits per head a MERGE matvec merges (beyond, the combine pass runs): the
 /// merge reads every split's values in every workgroup, which pays only for short contexts
-/// (on the H100, 17-32 splits merged: Gemma +1%, SmolLM2 level with the combine pass).
+/// (on the H100, 17-32 splits merged: Gemma +1%, SmolLM2 level with the combine pass; up to
+/// 64: Gemma after 1536 tokens -5%).
 const MERGE_MAX_SPLITS: usize = 32;
 
 #[repr(C)]
@@ -450,8 +451,8 @@ pub struct Transformer {
     /// Decode's attention splits the keys into runs of at least this many positions: its
     /// kernel's tile, so a split of a short context is one round of loads.
     decode_split_keys: usize,
-    /// The most key splits decode's output projection merges itself (fewer than 2: none).
-    merge_splits: u32,
+    /// Decode's output projection merges 2 to MERGE_MAX_SPLITS key splits itself.
+    merges: bool,
     body_prefill: Vec<Op>,
     body_decode: Vec<Op>,
     head_last: Vec<Op>,
@@ -866,9 +867,7 @@ impl Transformer {
         let fuse_rope = blocks[1] == (1, 1);
         // Decode's output projection merges the key splits where they are few and the heads
         // fit matvec.wgsl's workgroup memory (GPUs: CPU adapters attend in one split).
-        let fits = g.tuning().whole_attention_keys < u32::MAX && qd <= MERGE_FLOATS;
-        let merge_splits = if fits { MERGE_MAX_SPLITS as u32 } else { 0 };
-        let merge = merge_splits >= 2;
+        let merges = g.tuning().whole_attention_keys < u32::MAX && qd <= MERGE_FLOATS;
         let aparams = |window: u32, decode: bool| {
             let fused = decode && fuse_rope;
             let (heads, tokens) = blocks[decode as usize];
@@ -1000,7 +999,7 @@ impl Transformer {
                 // The output projection: after the combine pass, or (decode, few splits)
                 // merging the splits itself.
                 let hd = cfg.head_dim as u32;
-                let projections: &[_] = if decode && merge {
+                let projections: &[_] = if decode && merges {
                     &[(When::Combined, &act.att, None), (When::Merged, &act.part, Some(hd))]
                 } else {
                     &[(When::Always, &act.att, None)]
@@ -1103,7 +1102,7 @@ impl Transformer {
             logit_rows,
             split_slots,
             decode_split_keys,
-            merge_splits,
+            merges,
             body_prefill,
             body_decode,
             head_last,
@@ -1217,7 +1216,7 @@ impl Transformer {
         };
         let chunk = keys.div_ceil(splits);
         let step = Step { n_tok: n_tok as u32, pos0: pos0 as u32, splits: splits as u32, chunk: chunk as u32 };
-        let merged = (2..=self.merge_splits).contains(&(splits as u32));
+        let merged = self.merges && (2..=MERGE_MAX_SPLITS).contains(&splits);
         (Shape { n_tok: n_tok as u32, splits: splits as u32, merged }, step)
     }
 
@@ -1380,7 +1379,7 @@ struct Shape {
     n_tok: u32,
     /// Attention's key splits per token.
     splits: u32,
-    /// Decode's output projection merges them (2..=Transformer::merge_splits of them).
+    /// Decode's output projection merges them (Transformer::merges, 2..=MERGE_MAX_SPLITS).
     merged: bool,
 }
 
@@ -1472,7 +1471,6 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
     Ok(bytemuck::cast_slice(&bytes).to_vec())
 }
 
-/// Runs the GPU sampler on `logits` (one row); for tests against `sampling::sample_reference`.
 /// sample.wgsl's buffers beside the logits and parameters: chunk maxima, the chosen id,
 /// penalties, the top-k candidates (per chunk its slots, then the gathered list: (value,
 /// index) each) and their count per chunk.
@@ -1495,6 +1493,7 @@ fn push_sampling(b: &mut Builder, bind: &[&wgpu::Buffer; 7], vocab: u32) {
     b.op(Kernel::Sample, bind, Grid::Fixed(1));
 }
 
+/// Runs the GPU sampler on `logits` (one row); for tests against `sampling::sample_reference`.
 pub async fn apply_sampler(gpu: &Gpu, logits: &[f32], p: &SampleParams, penalties: &[[u32; 2]]) -> Result<u32> {
     let lb = gpu.storage_init("logits", bytemuck::cast_slice(logits))?;
     let [partials, result, pens, cand, counts] = sampler_buffers(gpu, logits.len())?;
