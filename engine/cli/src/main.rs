@@ -231,10 +231,13 @@ async fn bench(args: &Args) -> Result<()> {
         let s = engine.generate(&prompt, &sampled, |_| Flow::Continue).await?;
         let sampled_ms = s.decode_ms * gen as f64 / (s.tokens.len() - 1).max(1) as f64;
         let (pos, next) = (engine.context_used(), *g.tokens.last().unwrap());
-        let mut kernels = engine.model.profile(&[next], pos).await?.map(|ops| format!(",\"kernels\":{}", kernel_profile(&ops)));
+        let mut kernels = engine.model.profile(&[next], pos, None).await?.map(|ops| format!(",\"kernels\":{}", kernel_profile(&ops)));
+        if let Some(ops) = engine.model.profile(&[next], pos, Some(&Sampling::default().params(0.5))).await? {
+            kernels.get_or_insert_default().push_str(&format!(",\"sampled_kernels\":{}", kernel_profile(&ops)));
+        }
         // And the prompt's last prefill chunk, run again where it was.
         let chunk = n.min(engine.model.max_batch);
-        if let Some(ops) = engine.model.profile(&prompt[n - chunk..], n - chunk).await? {
+        if let Some(ops) = engine.model.profile(&prompt[n - chunk..], n - chunk, None).await? {
             kernels.get_or_insert_default().push_str(&format!(",\"prefill_kernels\":{}", kernel_profile(&ops)));
         }
         rows.push(serde_json_row(&engine, n, prefill_ms, gen, [decode_ms, sampled_ms], ttft, split, load_ms, kernels));

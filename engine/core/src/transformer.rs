@@ -1300,13 +1300,14 @@ impl Transformer {
         Ok(id)
     }
 
-    /// GPU time in ms of each op of one greedy step over `tokens` at `pos` (one token: a
-    /// decode step; more: a prefill chunk); `None` where the adapter has no timestamps. Where
+    /// GPU time in ms of each op of one step over `tokens` at `pos` (one token: a decode
+    /// step; more: a prefill chunk) that picks the next token greedily or, given `sampling`,
+    /// by sampling; `None` where the adapter has no timestamps. Where
     /// timestamps can go inside a pass (native), the step runs as one pass and each op's time
     /// runs from the end of the op before it to its own end: its launch, barrier and memory
     /// latency as the step sees them. Elsewhere each op gets a pass of its own. Either way
     /// the timestamps add a few µs per op, so the sum exceeds the step.
-    pub async fn profile(&self, tokens: &[u32], pos: usize) -> Result<Option<Vec<(String, f64)>>> {
+    pub async fn profile(&self, tokens: &[u32], pos: usize, sampling: Option<&SampleParams>) -> Result<Option<Vec<(String, f64)>>> {
         let features = self.gpu.device.features();
         if !features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
@@ -1314,13 +1315,13 @@ impl Transformer {
         let in_pass = features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         self.check_batch(tokens, pos, Logits::Last)?;
         let shape = self.write_step(tokens, pos);
-        let p = SampleParams { vocab: self.cfg.vocab as u32, ..Default::default() };
+        let p = SampleParams { vocab: self.cfg.vocab as u32, n_penalties: 0, ..sampling.copied().unwrap_or_default() };
         self.gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(&p));
         let [body, head] = self.plan(tokens.len(), Logits::Last);
         let ops: Vec<&Op> = body
             .iter()
             .chain(head)
-            .chain(&self.greedy)
+            .chain(if sampling.is_some() { &self.sample } else { &self.greedy })
             .filter(|op| dispatch_of(&self.gpu, op, shape).is_some())
             .collect();
         // Timestamp pairs per op: (start, end) with a pass each, (end of the previous, end)
