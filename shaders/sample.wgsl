@@ -1,16 +1,17 @@
 // Token selection on the GPU, so only the chosen id is read back.
 // `argmax_partial` + `argmax_final`: greedy decoding over the whole vocabulary in two passes.
-// Sampling in three: `sample_prepare` applies repetition/presence/frequency penalties and
-// finds each 4096-logit chunk's max (as argmax_partial); `sample_candidates` keeps, per
-// 1024-logit chunk, the logits that can survive top-k (fewer than k of the chunk's keys
-// below theirs: a superset of the vocabulary's survivors), in index order; `sample` (one
-// workgroup) gathers them and applies (as in llama.cpp's default chain) top-k, top-p and
-// min-p on the untempered distribution, then draws from softmax(logits / temperature) over
-// the survivors with the host's uniform `u`. Thresholds are found by bisection on the
-// order-preserving bit pattern of (max - logit), so top-k keeps exactly the k largest
-// values (plus exact ties). Without top-k, `sample` works on the whole vocabulary (one
-// workgroup: slow for big vocabularies; Gemma 3's 262144 took 12 ms a token on an H100,
-// where the candidates take it to well under one).
+// Sampling in three: `sample_prepare` applies repetition/presence/frequency penalties, finds
+// each 4096-logit chunk's max (as argmax_partial) and a bound below which no logit survives
+// top-k (the k-th largest of its invocations' maxima); `sample_candidates` keeps, per
+// 1024-logit chunk, the logits within the largest bound, in index order (for a real model,
+// usually 50-200 of the vocabulary); `sample` (one workgroup) gathers them into workgroup
+// memory and applies (as in llama.cpp's default chain) top-k, top-p and min-p on the
+// untempered distribution, then draws from softmax(logits / temperature) over the survivors
+// with the host's uniform `u`. Limits are keys: the order-preserving bit pattern of
+// (max - logit), so top-k keeps exactly the k largest values (plus exact ties); over the
+// gathered candidates they come from each one's rank, elsewhere by bisection. Without top-k,
+// with top-k past 256 or with more than 256 candidate chunks, `sample` bisects over the
+// whole vocabulary (one workgroup: Gemma 3's 262144 took 12 ms a token on an H100).
 
 struct SParams {
     vocab: u32,
@@ -33,9 +34,12 @@ struct Penalty { id: u32, count: u32 }
 @group(0) @binding(2) var<storage, read_write> result: array<u32>;
 @group(0) @binding(3) var<storage, read> penalties: array<Penalty>;
 @group(0) @binding(4) var<uniform> sp: SParams;
-// Per candidate chunk, its survivors (value bits, index) from slot chunk * CAND_CHUNK; after
-// them (from slot cand_slots()), the gathered list `sample` works on.
+// Per candidate chunk, its candidates (value bits, index) from slot chunk * CAND_CHUNK; after
+// them (from slot cand_slots()), the gathered list `sample` works on where it outgrows
+// workgroup memory.
 @group(0) @binding(5) var<storage, read_write> cand: array<vec2<u32>>;
+// Per candidate chunk, its candidates' count; after them (from candidate_chunks()), per
+// 4096-logit chunk, sample_prepare's bound (ordered bits, 0: none).
 @group(0) @binding(6) var<storage, read_write> counts: array<u32>;
 
 const WG: u32 = 256u;
@@ -43,8 +47,6 @@ const ARGMAX_CHUNK: u32 = WG * 16u;
 const CAND_CHUNK: u32 = WG * 4u;
 var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_i: array<u32, WG>;
-var<workgroup> acc_u: array<u32, WG>;
-var<workgroup> acc_f: array<f32, WG>;
 
 // Keeps the larger value; on ties the lower index, like a sequential argmax.
 fn better(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
@@ -62,7 +64,8 @@ fn wg_argmax(lid: u32) {
 }
 
 // Chunk `c` of ARGMAX_CHUNK logits: its largest (and first) into partials[c].
-fn chunk_argmax(c: u32, lid: u32) {
+// Returns the invocation's own largest logit (and index) of the chunk's.
+fn chunk_argmax(c: u32, lid: u32) -> vec2<u32> {
     var bv = -3.4e38;
     var bi = 0xFFFFFFFFu;
     for (var i = c * ARGMAX_CHUNK + lid; i < min(sp.vocab, (c + 1u) * ARGMAX_CHUNK); i += WG) {
@@ -74,11 +77,12 @@ fn chunk_argmax(c: u32, lid: u32) {
     workgroupBarrier();
     wg_argmax(lid);
     if (lid == 0u) { partials[c] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]); }
+    return vec2<u32>(bitcast<u32>(bv), bi);
 }
 
 @compute @workgroup_size(256)
 fn argmax_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    chunk_argmax(wid.x, lid);
+    _ = chunk_argmax(wid.x, lid);
 }
 
 @compute @workgroup_size(256)
@@ -120,20 +124,24 @@ fn sum_u(v: u32, lid: u32) -> u32 {
     return u32(sum_f(f32(v), lid));
 }
 
-// Does top-k narrow the vocabulary, so that `sample` works on the candidates?
+fn candidate_chunks() -> u32 {
+    return (sp.vocab + CAND_CHUNK - 1u) / CAND_CHUNK;
+}
+
+// Does top-k narrow the vocabulary, so that `sample` works on the candidates? (`sample`
+// takes one chunk per invocation.)
 fn by_candidates() -> bool {
-    return sp.top_k > 0u && sp.top_k < sp.vocab;
+    return sp.top_k > 0u && sp.top_k < sp.vocab && candidate_chunks() <= WG;
 }
 
 fn cand_slots() -> u32 {
-    return (sp.vocab + CAND_CHUNK - 1u) / CAND_CHUNK * CAND_CHUNK;
+    return candidate_chunks() * CAND_CHUNK;
 }
 
-// `sample`'s list: top-k's survivors in workgroup memory once top-k has run (where they
-// fit: SURVIVORS), else the gathered candidates (n_items of them), or the whole vocabulary;
-// always in index order. Item i's logit bits and vocabulary index.
-const SURVIVORS: u32 = 1024u;
-var<workgroup> n_items: u32;
+// `sample`'s list: the candidates within the bound, or top-k's survivors, in workgroup
+// memory where they fit (SURVIVORS), else the candidates gathered after the chunks' slots,
+// or the whole vocabulary; always in index order. Item i's logit bits and vocabulary index.
+const SURVIVORS: u32 = WG * 4u; // limit_by_ranks ranks four items per invocation
 var<workgroup> survivors: array<vec2<u32>, SURVIVORS>;
 var<private> in_survivors: bool;
 
@@ -170,12 +178,34 @@ fn mass_le(limit: u32, mx: f32, lid: u32, n: u32) -> f32 {
     return sum_f(s, lid);
 }
 
-// The penalized vocabulary's largest logit, from sample_prepare's chunk maxima.
-fn penalized_max() -> f32 {
-    var mx = -3.4e38;
-    for (var c = 0u; c < (sp.vocab + ARGMAX_CHUNK - 1u) / ARGMAX_CHUNK; c++) { mx = max(mx, bitcast<f32>(partials[c].x)); }
-    return mx;
+// f32 bits as a u32 that orders like the value (for atomicMax).
+fn ordered(v: f32) -> u32 {
+    let b = bitcast<u32>(v);
+    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
+
+fn unordered(o: u32) -> f32 {
+    return bitcast<f32>(select(~o, o & 0x7FFFFFFFu, (o & 0x80000000u) != 0u));
+}
+
+// Zero-initialized per dispatch: below every ordered value.
+var<workgroup> wg_max: atomic<u32>;
+
+// The penalized vocabulary's largest logit, from sample_prepare's chunk maxima (one load per
+// invocation, not a serial pass).
+fn penalized_max(lid: u32) -> f32 {
+    for (var c = lid; c < (sp.vocab + ARGMAX_CHUNK - 1u) / ARGMAX_CHUNK; c += WG) {
+        atomicMax(&wg_max, ordered(bitcast<f32>(partials[c].x)));
+    }
+    workgroupBarrier();
+    return unordered(atomicLoad(&wg_max));
+}
+
+// Each invocation's largest logit, in sample_prepare (four to an element: a quarter of the
+// loads when each invocation compares its own with all of them).
+var<workgroup> own_max: array<vec4<f32>, WG / 4u>;
+// The chunk's bound as ordered bits (zero-initialized: none).
+var<workgroup> chunk_bound: atomic<u32>;
 
 @compute @workgroup_size(256)
 fn sample_prepare(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -192,71 +222,201 @@ fn sample_prepare(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
     }
     storageBarrier();
-    chunk_argmax(wid.x, lid);
+    let own = chunk_argmax(wid.x, lid);
+    // The chunk's bound: the k-th largest of its invocations' largest logits. Those are k
+    // distinct logits, so the vocabulary's k-th largest is no smaller, and every logit that
+    // can survive top-k is at least the largest bound of all chunks. (Invocations past the
+    // vocabulary hold -3.4e38, the loosest bound.) Top-k past WG: no bound.
+    if (by_candidates() && sp.top_k <= WG) { // uniform
+        let mine = bitcast<f32>(own.x);
+        own_max[lid / 4u][lid % 4u] = mine;
+        workgroupBarrier();
+        var ge = vec4<u32>(0u);
+        for (var t = 0u; t < WG / 4u; t++) { ge += vec4<u32>(own_max[t] >= vec4<f32>(mine)); }
+        // At least k maxima up from it: the largest such is the k-th largest.
+        if (dot(ge, vec4<u32>(1u)) >= sp.top_k) { atomicMax(&chunk_bound, ordered(mine)); }
+    }
+    workgroupBarrier();
+    if (lid == 0u) { counts[candidate_chunks() + wid.x] = atomicLoad(&chunk_bound); }
 }
 
-var<workgroup> ckeys: array<u32, CAND_CHUNK>;
+// Inclusive prefix sums over the invocations, in log2(WG) rounds.
+var<workgroup> scan_sums: array<f32, WG>;
 
-// With each invocation's count in acc_u, behind a barrier: the counts of the invocations
-// before `lid`, where an in-order compaction writes its first item.
-fn counted_before(lid: u32) -> u32 {
-    var at = 0u;
-    for (var t = 0u; t < lid; t++) { at += acc_u[t]; }
-    return at;
+// The sum of v over the invocations before `lid` (x), up to and with it (y), and over all
+// (z); the same sums in every invocation that reads them, so the ranges [x, y) tile
+// [0, z) exactly. Counts go as floats: exact below 2^24.
+fn scan(v: f32, lid: u32) -> vec3<f32> {
+    workgroupBarrier(); // the last call's invocations are done with scan_sums
+    scan_sums[lid] = v;
+    for (var d = 1u; d < WG; d <<= 1u) {
+        workgroupBarrier();
+        let add = select(0.0, scan_sums[max(lid, d) - d], lid >= d);
+        workgroupBarrier();
+        scan_sums[lid] += add;
+    }
+    workgroupBarrier();
+    let before = select(0.0, scan_sums[max(lid, 1u) - 1u], lid > 0u);
+    return vec3<f32>(before, scan_sums[lid], scan_sums[WG - 1u]);
 }
+
+// Where an in-order compaction writes an invocation's first item, after the `mine` items of
+// the invocations before it; and how many all of them keep.
+fn compact_at(mine: u32, lid: u32) -> vec2<u32> {
+    let sums = scan(f32(mine), lid);
+    return vec2<u32>(u32(sums.x), u32(sums.z));
+}
+
+// Logit i's key; past the vocabulary the largest, never kept.
+fn key_at(i: u32, mx: f32) -> u32 {
+    if (i < sp.vocab) { return key_of(logits[i], mx); }
+    return 0xFFFFFFFFu;
+}
+
+// The largest of sample_prepare's chunk bounds (ordered bits, 0: none).
+var<workgroup> wg_bound: atomic<u32>;
 
 @compute @workgroup_size(256)
 fn sample_candidates(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     if (!by_candidates()) { return; } // uniform
-    let mx = penalized_max();
-    // Four consecutive logits per thread, as keys (past the vocabulary: the largest key, and
-    // never kept).
+    for (var c = lid; c < (sp.vocab + ARGMAX_CHUNK - 1u) / ARGMAX_CHUNK; c += WG) {
+        atomicMax(&wg_bound, counts[candidate_chunks() + c]);
+    }
+    let mx = penalized_max(lid); // behind its barrier, wg_bound is complete too
+    let b = atomicLoad(&wg_bound);
+    let bound = select(0xFFFFFFFFu, key_of(unordered(b), mx), b != 0u);
+    // The chunk's candidates: its logits within the bound (four consecutive per invocation),
+    // in index order.
     let base = wid.x * CAND_CHUNK;
     let first = base + 4u * lid;
-    var key = vec4<u32>(0xFFFFFFFFu);
-    for (var j = 0u; j < 4u; j++) {
-        if (first + j < sp.vocab) { key[j] = key_of(logits[first + j], mx); }
-        ckeys[4u * lid + j] = key[j];
-    }
-    workgroupBarrier();
-    // A logit can survive the vocabulary's top-k only if fewer than k of its chunk's keys
-    // are below its own (the vocabulary has at least those).
-    var below = vec4<u32>(0u);
-    for (var i = 0u; i < CAND_CHUNK; i++) { below += vec4<u32>(vec4<u32>(ckeys[i]) < key); }
-    let kept = (below < vec4<u32>(sp.top_k)) & (key != vec4<u32>(0xFFFFFFFFu));
-    let mine = u32(kept.x) + u32(kept.y) + u32(kept.z) + u32(kept.w);
-    acc_u[lid] = mine;
-    workgroupBarrier();
-    // In index order: after the survivors of the threads before this one.
-    var at = base + counted_before(lid);
-    for (var j = 0u; j < 4u; j++) {
-        if (kept[j]) {
-            cand[at] = vec2<u32>(bitcast<u32>(logits[first + j]), first + j);
-            at += 1u;
-        }
-    }
+    let key = vec4<u32>(key_at(first, mx), key_at(first + 1u, mx), key_at(first + 2u, mx), key_at(first + 3u, mx));
+    let kept = (key <= vec4<u32>(bound)) & (key != vec4<u32>(0xFFFFFFFFu));
+    var at = base + compact_at(dot(vec4<u32>(kept), vec4<u32>(1u)), lid).x;
+    if (kept.x) { cand[at] = vec2<u32>(bitcast<u32>(logits[first]), first); at += 1u; }
+    if (kept.y) { cand[at] = vec2<u32>(bitcast<u32>(logits[first + 1u]), first + 1u); at += 1u; }
+    if (kept.z) { cand[at] = vec2<u32>(bitcast<u32>(logits[first + 2u]), first + 2u); at += 1u; }
+    if (kept.w) { cand[at] = vec2<u32>(bitcast<u32>(logits[first + 3u]), first + 3u); at += 1u; }
     if (lid == WG - 1u) { counts[wid.x] = at - base; }
 }
 
+// Where candidate chunk c's candidates start in the gathered order (a prefix of the counts);
+// from the last chunk on, their total.
+var<workgroup> chunk_at: array<u32, 257>; // WG + 1
+var<workgroup> n_items: u32;
+
+// Gathers the chunks' candidates, in index order, into `survivors` where they fit, else after
+// the chunks' slots; their number.
+fn gather_candidates(lid: u32) -> u32 {
+    var count = 0u;
+    if (lid < candidate_chunks()) { count = counts[lid]; }
+    let place = compact_at(count, lid);
+    chunk_at[lid] = place.x;
+    if (lid == 0u) {
+        chunk_at[WG] = place.y;
+        n_items = place.y;
+    }
+    let n = workgroupUniformLoad(&n_items);
+    let fits = n <= SURVIVORS;
+    in_survivors = fits;
+    // A contiguous range of the gathered order per invocation, from the chunk that holds its
+    // first item (the last one starting at or before it).
+    let r = range_of(lid, n);
+    var c = 0u;
+    for (var step = WG / 2u; step > 0u; step >>= 1u) {
+        if (chunk_at[c + step] <= r.x) { c += step; }
+    }
+    for (var i = r.x; i < r.y; i++) {
+        while (chunk_at[c + 1u] <= i) { c++; }
+        let it = cand[c * CAND_CHUNK + i - chunk_at[c]];
+        if (fits) { survivors[i] = it; } else { cand[cand_slots() + i] = it; }
+    }
+    if (fits) { workgroupBarrier(); } else { storageBarrier(); }
+    return n;
+}
+
+// ~ top-k's and top-p's limits, as atomicMax of complements (zero-initialized: no limit).
+var<workgroup> k_limit_not: atomic<u32>;
+var<workgroup> p_limit_not: atomic<u32>;
+var<workgroup> p_total: atomic<u32>; // f32 bits of a non-negative sum: ordered as u32
+
+// An item's key and prefix mass (the mass of the items up to its key, summed in index order
+// like the bisections' masses); past n, the largest key.
+struct Ranked { key: u32, mass: f32 }
+
+// Survivor i ranked against the n survivors; counts it towards top-k's limit if at least k
+// keys are up to its own.
+fn rank_item(i: u32, n: u32, mx: f32, top_k: bool, top_p: bool) -> Ranked {
+    if (i >= n) { return Ranked(0xFFFFFFFFu, 0.0); }
+    let key = key_of(bitcast<f32>(survivors[i].x), mx);
+    var le = 0u;
+    var mass = 0.0;
+    for (var j = 0u; j < n; j++) {
+        let v = bitcast<f32>(survivors[j].x);
+        let up = key_of(v, mx) <= key;
+        le += u32(up);
+        if (top_p) { mass += select(0.0, exp(v - mx), up); }
+    }
+    if (top_k && le >= sp.top_k) { atomicMax(&k_limit_not, ~key); }
+    return Ranked(key, mass);
+}
+
+fn count_mass(r: Ranked, limit: u32) {
+    if (r.key <= limit) { atomicMax(&p_total, bitcast<u32>(r.mass)); }
+}
+
+fn count_p_limit(r: Ranked, limit: u32, goal: f32) {
+    if (r.key <= limit && r.mass >= goal) { atomicMax(&p_limit_not, ~r.key); }
+}
+
+// Top-k's and top-p's limit over n items in workgroup memory (at most SURVIVORS, four per
+// invocation) from each item's rank and prefix mass, in one pass of n * n / WG steps instead
+// of two bisections of 31 steps and barriers each. Top-k's limit is the smallest key with at
+// least k keys up to it; top-p's the smallest key (up to that) whose prefix mass reaches
+// top_p of top-k's survivors' mass.
+fn limit_by_ranks(mx: f32, lid: u32, n: u32) -> u32 {
+    let top_k = sp.top_k > 0u && sp.top_k < sp.vocab;
+    let top_p = sp.top_p < 1.0;
+    let r0 = rank_item(lid, n, mx, top_k, top_p);
+    let r1 = rank_item(lid + WG, n, mx, top_k, top_p);
+    let r2 = rank_item(lid + 2u * WG, n, mx, top_k, top_p);
+    let r3 = rank_item(lid + 3u * WG, n, mx, top_k, top_p);
+    workgroupBarrier();
+    var limit = min(0x7F800000u, ~atomicLoad(&k_limit_not));
+    if (top_p) {
+        // The survivors' mass: the largest prefix mass within the limit.
+        count_mass(r0, limit);
+        count_mass(r1, limit);
+        count_mass(r2, limit);
+        count_mass(r3, limit);
+        workgroupBarrier();
+        let goal = sp.top_p * bitcast<f32>(atomicLoad(&p_total));
+        count_p_limit(r0, limit, goal);
+        count_p_limit(r1, limit, goal);
+        count_p_limit(r2, limit, goal);
+        count_p_limit(r3, limit, goal);
+        workgroupBarrier();
+        limit = min(limit, ~atomicLoad(&p_limit_not));
+    }
+    return limit;
+}
+
+// ~ the first invocation whose running mass passes the draw's goal, and the last with mass
+// (zero-initialized).
+var<workgroup> first_not: atomic<u32>;
+var<workgroup> last_with_mass: atomic<u32>;
+
 @compute @workgroup_size(256)
 fn sample(@builtin(local_invocation_index) lid: u32) {
-    let mx = penalized_max();
-    // With top-k: the candidates, gathered after the chunks' slots in index order.
+    let mx = penalized_max(lid);
     var n = sp.vocab;
+    var in_wg = false; // the items are in workgroup memory
     if (by_candidates()) {
-        let chunks = cand_slots() / CAND_CHUNK;
-        for (var c = lid; c < chunks; c += WG) {
-            var at = cand_slots();
-            for (var b = 0u; b < c; b++) { at += counts[b]; }
-            for (var j = 0u; j < counts[c]; j++) { cand[at + j] = cand[c * CAND_CHUNK + j]; }
-            if (c == chunks - 1u) { n_items = at + counts[c] - cand_slots(); }
-        }
-        storageBarrier();
-        n = workgroupUniformLoad(&n_items);
+        n = gather_candidates(lid);
+        in_wg = n <= SURVIVORS;
     }
 
     var limit = 0x7F800000u; // +inf bits: everything
-    if (sp.top_k > 0u && sp.top_k < sp.vocab) {
+    if (!in_wg && sp.top_k > 0u && sp.top_k < sp.vocab) {
         // Smallest key limit with count(key <= limit) >= top_k.
         var lo = 0u;
         var hi = 0x7F800000u;
@@ -266,15 +426,13 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         }
         limit = lo;
         // Its survivors into workgroup memory, in index order, where they fit (k and its
-        // ties): top-p's bisection and the draw then read a few values, not the candidates.
+        // ties).
         let kept = count_le(limit, mx, lid, n);
         if (kept <= SURVIVORS) {
             let r = range_of(lid, n);
             var mine = 0u;
             for (var i = r.x; i < r.y; i++) { mine += u32(key_of(item_value(i), mx) <= limit); }
-            acc_u[lid] = mine;
-            workgroupBarrier();
-            var at = counted_before(lid);
+            var at = compact_at(mine, lid).x;
             for (var i = r.x; i < r.y; i++) {
                 let it = item(i);
                 if (key_of(bitcast<f32>(it.x), mx) <= limit) {
@@ -284,10 +442,13 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
             }
             workgroupBarrier();
             in_survivors = true;
+            in_wg = true;
             n = kept;
         }
     }
-    if (sp.top_p < 1.0) {
+    if (in_wg) {
+        limit = limit_by_ranks(mx, lid, n);
+    } else if (sp.top_p < 1.0) {
         let total = mass_le(limit, mx, lid, n);
         var lo = 0u;
         var hi = limit;
@@ -312,28 +473,20 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         let v = item_value(i);
         if (key_of(v, mx) <= limit) { s += exp((v - mx) * inv_t); }
     }
-    workgroupBarrier();
-    acc_f[lid] = s;
-    workgroupBarrier();
-    if (lid == 0u) {
-        var total = 0.0;
-        for (var j = 0u; j < WG; j++) { total += acc_f[j]; }
-        var goal = sp.u * total;
-        var owner = WG - 1u;
-        for (var j = 0u; j < WG; j++) {
-            if (goal < acc_f[j]) { owner = j; break; }
-            goal -= acc_f[j];
-        }
-        // Fall back to the last thread that has mass (u * total rounding at the top end).
-        if (acc_f[owner] == 0.0) {
-            for (var j = WG; j > 0u; j--) { if (acc_f[j - 1u] > 0.0) { owner = j - 1u; goal = acc_f[j - 1u]; break; } }
-        }
-        acc_u[0] = owner;
-        acc_f[0] = goal;
+    // Like a walk in index order: the first invocation with mass whose running sum passes
+    // u * total draws, or (u * total rounding up to the total) the last one with mass. The
+    // running sums come from a tree, so they need not grow monotonically where an invocation
+    // adds nothing: only invocations with mass take part.
+    let mass = scan(s, lid);
+    let goal = sp.u * mass.z;
+    if (s > 0.0) {
+        if (goal < mass.y) { atomicMax(&first_not, ~lid); }
+        atomicMax(&last_with_mass, lid);
     }
     workgroupBarrier();
-    if (lid == acc_u[0]) {
-        var goal = acc_f[0];
+    let first = ~atomicLoad(&first_not);
+    if (lid == select(atomicLoad(&last_with_mass), first, first < WG)) {
+        var rest = goal - mass.x;
         var chosen = 0xFFFFFFFFu;
         var last = 0xFFFFFFFFu;
         for (var i = lo_i; i < hi_i; i++) {
@@ -342,8 +495,8 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
             if (key_of(v, mx) <= limit) {
                 last = it.y;
                 let e = exp((v - mx) * inv_t);
-                if (goal < e) { chosen = it.y; break; }
-                goal -= e;
+                if (rest < e) { chosen = it.y; break; }
+                rest -= e;
             }
         }
         if (chosen == 0xFFFFFFFFu) { chosen = last; }

@@ -1474,7 +1474,7 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
 
 /// sample.wgsl's buffers beside the logits and parameters: chunk maxima, the chosen id,
 /// penalties, the top-k candidates (per chunk its slots, then the gathered list: (value,
-/// index) each) and their count per chunk.
+/// index) each), their count per chunk and the bounds that select them.
 fn sampler_buffers(g: &Gpu, vocab: usize) -> Result<[wgpu::Buffer; 5]> {
     let chunks = vocab.div_ceil(CAND_CHUNK as usize);
     Ok([
@@ -1482,12 +1482,14 @@ fn sampler_buffers(g: &Gpu, vocab: usize) -> Result<[wgpu::Buffer; 5]> {
         g.storage("result", 16)?,
         g.storage("penalties", (MAX_PENALTIES * 8) as u64)?,
         g.storage("candidates", (2 * chunks * CAND_CHUNK as usize * 8) as u64)?,
-        g.storage("candidate counts", (chunks * 4) as u64)?,
+        // Per candidate chunk its count, then per argmax chunk sample_prepare's bound.
+        g.storage("candidate counts", ((chunks + vocab.div_ceil(ARGMAX_CHUNK as usize)) * 4) as u64)?,
     ])
 }
 
 /// Sampling's dispatches over `bind` (logits, sampler_buffers' first three, the parameters,
-/// its last two): penalties and chunk maxima, top-k candidates per chunk, the draw.
+/// its last two): penalties, chunk maxima and top-k bounds; top-k candidates per chunk; the
+/// draw.
 fn push_sampling(b: &mut Builder, bind: &[&wgpu::Buffer; 7], vocab: u32) {
     b.op(Kernel::SamplePrepare, bind, Grid::Fixed(vocab.div_ceil(ARGMAX_CHUNK)));
     b.op(Kernel::SampleCandidates, bind, Grid::Fixed(vocab.div_ceil(CAND_CHUNK)));

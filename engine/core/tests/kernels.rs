@@ -119,27 +119,45 @@ fn gpu_sampler_matches_cpu_reference() {
     let mut rng = Pcg::new(7);
     let logits: Vec<f32> = (0..5003).map(|_| rng.next_f32() * 12.0 - 6.0).collect();
     let greedy = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+    // A last (partial) 4096-logit chunk of 100 holds the largest logits: with top-k past
+    // 100, the other chunk's bound counts.
+    let high_tail: Vec<f32> = logits[..4196].iter().enumerate().map(|(i, &v)| if i >= 4096 { v + 14.0 } else { v }).collect();
+    // The 20 largest, each the largest of a different invocation's logits in sample_prepare:
+    // that chunk's bound is the vocabulary's 20th largest logit itself.
+    let spread: Vec<f32> = logits.iter().enumerate().map(|(i, &v)| if (1024..1104).contains(&i) && i % 4 == 0 { 14.0 - i as f32 * 1e-3 } else { v }).collect();
+    // Ties: 25 distinct values, top-k keeps each tie of its last value.
+    let ties: Vec<f32> = logits.iter().map(|v| (v * 2.0).round() / 2.0).collect();
     let cases = [
-        Sampling { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, ..Sampling::default() },
-        Sampling { temperature: 1.3, top_k: 0, top_p: 1.0, min_p: 0.02, ..Sampling::default() },
-        Sampling { temperature: 0.5, top_k: 5, top_p: 0.5, min_p: 0.1, ..Sampling::default() },
-        Sampling { temperature: 1.0, top_k: 0, top_p: 0.3, min_p: 0.0, repeat_penalty: 1.3, presence_penalty: 0.5, frequency_penalty: 0.2, ..Sampling::default() },
+        (&logits, Sampling { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.0, ..Sampling::default() }),
+        (&logits, Sampling { temperature: 1.3, top_k: 0, top_p: 1.0, min_p: 0.02, ..Sampling::default() }),
+        (&logits, Sampling { temperature: 0.5, top_k: 5, top_p: 0.5, min_p: 0.1, ..Sampling::default() }),
+        (&logits, Sampling { temperature: 1.0, top_k: 0, top_p: 0.3, min_p: 0.0, repeat_penalty: 1.3, presence_penalty: 0.5, frequency_penalty: 0.2, ..Sampling::default() }),
         // Penalties with top-k: the candidates come from the penalized logits.
-        Sampling { temperature: 0.9, top_k: 20, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.5, presence_penalty: 0.3, ..Sampling::default() },
+        (&logits, Sampling { temperature: 0.9, top_k: 20, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.5, presence_penalty: 0.3, ..Sampling::default() }),
+        (&high_tail, Sampling { temperature: 3.0, top_k: 150, top_p: 1.0, min_p: 0.0, ..Sampling::default() }),
+        (&spread, Sampling { temperature: 2.0, top_k: 20, top_p: 1.0, min_p: 0.0, ..Sampling::default() }),
+        (&ties, Sampling { temperature: 1.0, top_k: 40, top_p: 0.9, min_p: 0.0, ..Sampling::default() }),
+        // More candidates than workgroup memory holds (no bounds past top-k 256), with and
+        // without top-k's survivors fitting there.
+        (&logits, Sampling { temperature: 3.0, top_k: 900, top_p: 0.9, min_p: 0.0, ..Sampling::default() }),
+        (&logits, Sampling { temperature: 2.0, top_k: 1500, top_p: 0.99, min_p: 0.0, ..Sampling::default() }),
     ];
     let history: Vec<u32> = vec![greedy, 3, 3, 17, greedy, 4000];
-    for (ci, s) in cases.iter().enumerate() {
+    for (ci, (logits, s)) in cases.iter().enumerate() {
         let pens = s.penalties(&history);
         let mut seen = std::collections::HashSet::new();
         for i in 0..12 {
             let p = s.params(rng.next_f32());
-            let want = sample_reference(&logits, &p, &pens);
-            let got = pollster::block_on(apply_sampler(&gpu, &logits, &p, &pens)).unwrap();
+            let want = sample_reference(logits, &p, &pens);
+            let got = pollster::block_on(apply_sampler(&gpu, logits, &p, &pens)).unwrap();
             assert_eq!(got, want, "case {ci} draw {i}");
             seen.insert(got);
         }
         assert!(seen.len() > 1, "case {ci}: sampling never varied");
     }
+    // u at the top end, where u * total can round past the running sums: the last survivor.
+    let p = gloss_engine::transformer::SampleParams { u: 1.0, ..cases[0].1.params(0.0) };
+    assert_eq!(pollster::block_on(apply_sampler(&gpu, &logits, &p, &[])).unwrap(), sample_reference(&logits, &p, &[]));
     // Temperature 0 is greedy; with penalties, greedy over the penalized logits.
     let p = Sampling::greedy().params(0.99);
     assert_eq!(pollster::block_on(apply_sampler(&gpu, &logits, &p, &[])).unwrap(), greedy);
