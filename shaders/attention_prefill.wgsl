@@ -229,8 +229,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         // go through ps, every thread of a row takes the same new max.
         let k0 = vec4<u32>(c + 2u * tx);
         let k1 = k0 + 1u;
-        s0 = select(vec4<f32>(NEG), s0, k0 >= first & k0 <= last & vec4<bool>(2u * tx < n));
-        s1 = select(vec4<f32>(NEG), s1, k1 >= first & k1 <= last & vec4<bool>(2u * tx + 1u < n));
+        s0 = select(vec4<f32>(NEG), s0, (k0 >= first) & (k0 <= last) & vec4<bool>(2u * tx < n));
+        s1 = select(vec4<f32>(NEG), s1, (k1 >= first) & (k1 <= last) & vec4<bool>(2u * tx + 1u < n));
         ps[tx * 17u + ty] = max(s0, s1);
         workgroupBarrier();
         var mt = m_run;
