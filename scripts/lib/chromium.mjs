@@ -1,6 +1,9 @@
 // Chromium with WebGPU (SwiftShader when headless here), optionally with the built extension.
-// CHROMIUM names another binary; CHROMIUM_FLAGS (space-separated) adds switches, e.g. to put
-// WebGPU on a GPU's Vulkan driver: `--enable-features=Vulkan --ignore-gpu-blocklist`.
+// CHROMIUM names another binary; CHROMIUM_FLAGS (space-separated) adds switches.
+// CHROMIUM_HEADFUL=1 opens windows on $DISPLAY and leaves out Playwright's
+// --enable-unsafe-swiftshader: how WebGPU reaches a GPU on a machine without a desktop (an
+// X server such as Xvfb, and `--use-angle=vulkan --enable-features=Vulkan
+// --use-vulkan=native --disable-vulkan-surface --ignore-gpu-blocklist`; BENCHMARKS.md).
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -17,7 +20,7 @@ const ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-bac
  * `restart()` closes the browser and starts it again on the same profile, as a user
  * restarting Chrome would: extension storage and Cache Storage survive.
  */
-export async function launch({ extension = true, headless = true } = {}) {
+export async function launch({ extension = true, headless = !process.env.CHROMIUM_HEADFUL } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'gloss-profile-'));
   const args = [...ARGS, ...(process.env.CHROMIUM_FLAGS ?? '').split(/\s+/).filter(Boolean)];
   if (extension) args.push(`--disable-extensions-except=${EXTENSION_DIR}`, `--load-extension=${EXTENSION_DIR}`);
@@ -29,7 +32,7 @@ export async function launch({ extension = true, headless = true } = {}) {
         headless,
         viewport: headless ? { width: 420, height: 760 } : null,
         args,
-        ignoreDefaultArgs: extension ? ['--disable-extensions'] : [],
+        ignoreDefaultArgs: [...(extension ? ['--disable-extensions'] : []), ...(process.env.CHROMIUM_HEADFUL ? ['--enable-unsafe-swiftshader'] : [])],
       });
       if (extension) {
         this.worker = this.context.serviceWorkers()[0] ?? (await this.context.waitForEvent('serviceworker'));
