@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use gloss_engine::{ByteSource, Engine, Error, Flow, GenerateOptions, Gpu, Message, Options};
+use gloss_engine::{ByteSource, Engine, Error, Flow, GenerateOptions, Gpu, Message, Options, Tuning};
 use js_sys::{Function, Promise, Uint32Array, Uint8Array};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
@@ -85,6 +85,10 @@ struct LoadOptions {
     /// Context window in tokens; the model's training context caps it.
     context: Option<usize>,
     max_batch: Option<usize>,
+    /// Kernel shapes for another kind of adapter ("gpu" or "cpu"; default: this adapter's).
+    /// Lets tests put the GPU-shaped kernels through this browser's WGSL compiler on a
+    /// software adapter, where the engine would otherwise compile only the CPU shapes.
+    tuning: Option<String>,
 }
 
 /// One loaded model. Calls are served one at a time; a call made while another runs
@@ -138,7 +142,14 @@ impl GlossEngine {
             let mut opts = Options::default();
             opts.ctx = o.context.unwrap_or(opts.ctx);
             opts.max_batch = o.max_batch.unwrap_or(opts.max_batch);
-            let gpu = Arc::new(Gpu::new().await.map_err(js_error)?);
+            let mut gpu = Gpu::new().await.map_err(js_error)?;
+            match o.tuning.as_deref() {
+                None => {}
+                Some("gpu") => gpu.set_tuning(Tuning::GPU),
+                Some("cpu") => gpu.set_tuning(Tuning::CPU),
+                Some(t) => return Err(invalid(format!("tuning `{t}`: use \"gpu\" or \"cpu\""))),
+            }
+            let gpu = Arc::new(gpu);
             let len = blob.size() as u64;
             let mut src = BlobSource { blob, len, read: 0, on_progress };
             let engine = Engine::load(gpu, &mut src, &opts).await.map_err(js_error)?;
