@@ -4,6 +4,7 @@
 // driver where CHROMIUM_FLAGS put the browser's WebGPU on a GPU) for the wasm-vs-native
 // ratio. Usage (scripts/bench-browser wraps it):
 //   node scripts/bench-browser.mjs [MODEL.gguf] [--prompt-words N] [--gen N] [--out FILE]
+//     [--engines gloss,wllama-gpu,wllama-cpu]
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -16,6 +17,7 @@ const model = path.resolve(args.find((a, i) => !a.startsWith('--') && !args[i - 
 const gen = Number(flag('gen', 16));
 const words = Number(flag('prompt-words', 24));
 const out = flag('out', path.join(ROOT, 'bench/browser-rows.jsonl'));
+const engines = flag('engines', 'gloss,wllama-gpu,wllama-cpu').split(',');
 const ctx = 512;
 // Plain prose from the repository's test text, cut to a number of words.
 const prompt = fs.readFileSync(path.join(ROOT, 'tests/data/gpl-3.txt'), 'utf8').split(/\s+/).slice(0, words).join(' ');
@@ -31,7 +33,8 @@ const record = (engine, r) => {
   console.error(JSON.stringify(row));
 };
 try {
-  for (const [engine, fn, extra] of [['gloss wasm (WebGPU)', 'benchGloss', {}], ['wllama (WebGPU)', 'benchWllama', { gpu: true }], ['wllama (CPU)', 'benchWllama', { gpu: false }]]) {
+  const all = { gloss: ['gloss wasm (WebGPU)', 'benchGloss', {}], 'wllama-gpu': ['wllama (WebGPU)', 'benchWllama', { gpu: true }], 'wllama-cpu': ['wllama (CPU)', 'benchWllama', { gpu: false }] };
+  for (const [engine, fn, extra] of engines.map((e) => all[e] ?? (() => { throw new Error(`unknown engine ${e}`); })())) {
     // A fresh page per engine: one's GPU memory and workers do not slow the next.
     const page = await browser.context.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.error(`[${engine}] ${m.text()}`); });

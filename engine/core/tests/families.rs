@@ -4,7 +4,8 @@
 //! against a plain f32 CPU forward pass of the same weights (keys and values rounded to f16
 //! like the engine's KV cache): every position's logits, for a
 //! prompt longer than one prefill chunk (matmul path), the same tokens one at a time (the
-//! decode path), and one greedy decode step.
+//! decode path), and one greedy decode step; and generation's steps in flight against one step
+//! at a time.
 
 use gloss_engine::gguf::writer::{write, TensorData};
 use gloss_engine::gguf::Value;
@@ -332,6 +333,64 @@ fn compare(arch: &str, path: &str, want: &[Vec<f32>], mut got_at: impl FnMut(usi
         worst = worst.max(rms);
     }
     worst
+}
+
+/// Generation submits the next step before it reads the last one back; what it produces must
+/// not depend on that. Sampled tokens equal a step-at-a-time run with the same uniforms; a
+/// shorter run is their prefix; a context that fills stops the run exactly there; and the
+/// next call, reusing the cached prefix, sees nothing of the step discarded past a stop.
+#[test]
+fn generation_ahead_matches_one_step_at_a_time() {
+    use gloss_engine::sampling::Pcg;
+    use gloss_engine::{Flow, GenerateOptions, Sampling, StopReason};
+    let bytes = Model::new("qwen2", HEAD_DIM).gguf();
+    let gpu = std::sync::Arc::new(pollster::block_on(Gpu::new()).unwrap());
+    let load = |ctx| {
+        pollster::block_on(async {
+            let mut bytes = bytes.clone();
+            Engine::load(gpu.clone(), &mut bytes, &Options { ctx, max_batch: 8 }).await
+        })
+        .unwrap()
+    };
+    let sampling = Sampling { temperature: 1.0, top_k: 40, top_p: 0.95, min_p: 0.0, seed: 9, ..Sampling::default() };
+    let run = |engine: &mut Engine, prompt: &[u32], n| {
+        let opts = GenerateOptions { max_tokens: n, sampling: sampling.clone(), ignore_eos: true, stop: vec![], ..Default::default() };
+        pollster::block_on(engine.generate(prompt, &opts, |_| Flow::Continue)).unwrap()
+    };
+    let prompt: Vec<u32> = (0..11u32).map(|i| (i * 37 + 5) % VOCAB as u32).collect();
+    let mut engine = load(64);
+    let all = run(&mut engine, &prompt, 12);
+    assert_eq!(all.tokens.len(), 12);
+
+    let reference = load(64);
+    let m = &reference.model;
+    for (i, chunk) in prompt[..prompt.len() - 1].chunks(8).enumerate() {
+        pollster::block_on(m.forward(chunk, i * 8, Logits::None)).unwrap();
+    }
+    let mut rng = Pcg::new(sampling.seed);
+    let mut next = *prompt.last().unwrap();
+    let mut want = Vec::new();
+    for i in 0..12 {
+        let p = sampling.params(rng.next_f32());
+        next = pollster::block_on(m.forward_and_sample(&[next], prompt.len() - 1 + i, Some((&p, &[])))).unwrap();
+        want.push(next);
+    }
+    assert_eq!(all.tokens, want, "generation differs from one step at a time");
+    assert!(want.iter().collect::<std::collections::HashSet<_>>().len() > 2, "sampling never varied");
+
+    engine.reset();
+    let short = run(&mut engine, &prompt, 5);
+    assert_eq!(short.tokens, all.tokens[..5]);
+    // A step ran past that stop; the next turn reuses the cache up to it.
+    let longer: Vec<u32> = prompt.iter().chain(&short.tokens).copied().collect();
+    let reused = run(&mut engine, &longer, 6);
+    assert!(reused.reused_tokens >= prompt.len(), "the cached prefix was not reused");
+    assert_eq!(reused.tokens, run(&mut load(64), &longer, 6).tokens, "a reused cache gives other tokens than a fresh one");
+
+    let mut small = load(prompt.len() + 6);
+    let full = run(&mut small, &prompt, 20);
+    assert_eq!(full.stop_reason, StopReason::ContextFull);
+    assert_eq!(full.tokens, all.tokens[..7]);
 }
 
 #[test]
