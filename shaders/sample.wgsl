@@ -109,8 +109,8 @@ fn key_of(v: f32, mx: f32) -> u32 {
 
 #include workgroup_sum
 
-// The workgroup's sum of v, the same (uniform) value in every invocation; the bisections
-// call it twice per step. Counts go as floats: exact below 2^24.
+// The workgroup's sum of v, the same (uniform) value in every invocation (a bisection step
+// takes one). Counts go as floats: exact below 2^24.
 var<workgroup> uniform_sum: f32;
 
 fn sum_f(v: f32, lid: u32) -> f32 {
