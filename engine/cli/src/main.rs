@@ -218,12 +218,10 @@ async fn bench(args: &Args) -> Result<()> {
         // exactly `gen` tokens like llama-bench; time to first token is the whole prompt's
         // prefill plus the first step.
         engine.reset();
-        engine.model.step_times.take();
         let opts = GenerateOptions { max_tokens: gen, sampling: Sampling::greedy(), ignore_eos: true, ..Default::default() };
         let g = engine.generate(&prompt, &opts, |_| Flow::Continue).await?;
         let (ttft, decode_ms) = (g.prefill_ms, g.decode_ms * gen as f64 / (g.tokens.len() - 1).max(1) as f64);
-        let t = engine.model.step_times.take();
-        let split = (t.encode_ms / t.steps as f64, t.wait_ms / t.steps as f64);
+        let split = (g.step_encode_ms, g.step_wait_ms);
         // The same decode with the chat's default sampling (temperature, top-k, top-p, min-p),
         // as the side panel runs it.
         engine.reset();

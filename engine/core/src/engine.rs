@@ -69,6 +69,10 @@ pub struct Generation {
     pub reused_tokens: usize,
     pub prefill_ms: f64,
     pub decode_ms: f64,
+    /// Per sampling step, the CPU's time to encode and submit it, and the time spent waiting
+    /// for its token: where a step is bound by encoding, the first approaches the step's time.
+    pub step_encode_ms: f64,
+    pub step_wait_ms: f64,
 }
 
 /// What the streaming callback tells the engine.
@@ -196,7 +200,10 @@ impl Engine {
             reused_tokens: reused,
             prefill_ms: 0.0,
             decode_ms: 0.0,
+            step_encode_ms: 0.0,
+            step_wait_ms: 0.0,
         };
+        self.model.step_times.take();
         let mut utf8 = Utf8Stream::default();
         let mut emitted = 0;
         let mut t_first = None;
@@ -295,6 +302,9 @@ impl Engine {
         let t_first = t_first.unwrap_or(t_end);
         out.prefill_ms = t_first - t0;
         out.decode_ms = t_end - t_first;
+        let steps = self.model.step_times.take();
+        out.step_encode_ms = steps.encode_ms / steps.steps.max(1) as f64;
+        out.step_wait_ms = steps.wait_ms / steps.steps.max(1) as f64;
         Ok(out)
     }
 

@@ -480,7 +480,7 @@ pub struct Transformer {
     pub gpu_bytes: u64,
     /// Totals over sampled steps since the last reset: CPU time encoding and submitting,
     /// and time blocked reading ids back (benchmarks tell CPU overhead from GPU work).
-    pub step_times: std::cell::Cell<StepTimes>,
+    pub(crate) step_times: std::cell::Cell<StepTimes>,
 }
 
 struct Builder<'a> {

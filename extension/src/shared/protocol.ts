@@ -55,6 +55,9 @@ export interface GenerationResult {
   tokens: number[];
   prefill_ms: number;
   decode_ms: number;
+  /** Per sampling step: CPU time to encode and submit it, and time waiting for its token. */
+  step_encode_ms: number;
+  step_wait_ms: number;
 }
 
 export interface ErrorInfo { code: string; message: string }
