@@ -63,6 +63,10 @@ fn wg_argmax(lid: u32) {
     }
 }
 
+fn argmax_chunks() -> u32 {
+    return (sp.vocab + ARGMAX_CHUNK - 1u) / ARGMAX_CHUNK;
+}
+
 // Chunk `c` of ARGMAX_CHUNK logits: its largest (and first) into partials[c].
 // Returns the invocation's own largest logit (and index) of the chunk's.
 fn chunk_argmax(c: u32, lid: u32) -> vec2<u32> {
@@ -87,7 +91,7 @@ fn argmax_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 
 @compute @workgroup_size(256)
 fn argmax_final(@builtin(local_invocation_index) lid: u32) {
-    let n = (sp.vocab + WG * 16u - 1u) / (WG * 16u);
+    let n = argmax_chunks();
     var bv = -3.4e38;
     var bi = 0xFFFFFFFFu;
     for (var i = lid; i < n; i += WG) {
@@ -194,7 +198,7 @@ var<workgroup> wg_max: atomic<u32>;
 // The penalized vocabulary's largest logit, from sample_prepare's chunk maxima (one load per
 // invocation, not a serial pass).
 fn penalized_max(lid: u32) -> f32 {
-    for (var c = lid; c < (sp.vocab + ARGMAX_CHUNK - 1u) / ARGMAX_CHUNK; c += WG) {
+    for (var c = lid; c < argmax_chunks(); c += WG) {
         atomicMax(&wg_max, ordered(bitcast<f32>(partials[c].x)));
     }
     workgroupBarrier();
@@ -279,7 +283,7 @@ var<workgroup> wg_bound: atomic<u32>;
 @compute @workgroup_size(256)
 fn sample_candidates(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     if (!by_candidates()) { return; } // uniform
-    for (var c = lid; c < (sp.vocab + ARGMAX_CHUNK - 1u) / ARGMAX_CHUNK; c += WG) {
+    for (var c = lid; c < argmax_chunks(); c += WG) {
         atomicMax(&wg_bound, counts[candidate_chunks() + c]);
     }
     let mx = penalized_max(lid); // behind its barrier, wg_bound is complete too

@@ -1087,19 +1087,18 @@ impl Transformer {
         // length), not at the first prompt of each length; and every pipeline decode and
         // token choice use, merging key splits or not: a shader the adapter's compiler
         // rejects fails the load, not a reply halfway.
-        for n_tok in (1..=max_batch.div_ceil(MATMUL_TOKENS as usize)).map(|j| (j * MATMUL_TOKENS as usize).min(max_batch)).filter(|&n| n > 1) {
-            for op in body_prefill.iter().chain(&head_last).chain(&head_all) {
-                if let Some((kernel, _)) = dispatch_of(g, op, Shape { n_tok: n_tok as u32, splits: 1, merged: false }) {
+        let compile = |lists: &[&[Op]], shape: Shape| {
+            for op in lists.iter().flat_map(|ops| ops.iter()) {
+                if let Some((kernel, _)) = dispatch_of(g, op, shape) {
                     g.pipeline(kernel);
                 }
             }
+        };
+        for n_tok in (1..=max_batch.div_ceil(MATMUL_TOKENS as usize)).map(|j| (j * MATMUL_TOKENS as usize).min(max_batch)).filter(|&n| n > 1) {
+            compile(&[&body_prefill, &head_last, &head_all], Shape { n_tok: n_tok as u32, splits: 1, merged: false });
         }
         for merged in [false, merges] {
-            for op in body_decode.iter().chain(&head_decode).chain(&greedy).chain(&sample) {
-                if let Some((kernel, _)) = dispatch_of(g, op, Shape { n_tok: 1, splits: 2, merged }) {
-                    g.pipeline(kernel);
-                }
-            }
+            compile(&[&body_decode, &head_decode, &greedy, &sample], Shape { n_tok: 1, splits: 2, merged });
         }
         g.queue.submit([]);
         gpu.check()?;
