@@ -34,7 +34,8 @@ const record = (engine, r) => {
 };
 try {
   const all = { gloss: ['gloss wasm (WebGPU)', 'benchGloss', {}], 'wllama-gpu': ['wllama (WebGPU)', 'benchWllama', { gpu: true }], 'wllama-cpu': ['wllama (CPU)', 'benchWllama', { gpu: false }] };
-  for (const [engine, fn, extra] of engines.map((e) => all[e] ?? (() => { throw new Error(`unknown engine ${e}`); })())) {
+  for (const e of engines) if (!all[e]) throw new Error(`unknown engine ${e} (use ${Object.keys(all).join(', ')})`);
+  for (const [engine, fn, extra] of engines.map((e) => all[e])) {
     // A fresh page per engine: one's GPU memory and workers do not slow the next.
     const page = await browser.context.newPage();
     page.on('console', (m) => { if (m.type() === 'error') console.error(`[${engine}] ${m.text()}`); });
