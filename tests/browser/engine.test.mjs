@@ -42,6 +42,8 @@ test('wasm engine: SmolLM2 teacher forcing in Chromium agrees with llama.cpp and
   cpuShaped = got;
   // Browsers hide adapter names; headless Chromium here has only SwiftShader (a CPU adapter).
   console.log(`adapter: ${JSON.stringify(got.adapter)}`);
+  // wgpu's WebGPU backend cannot ask for subgroups; the engine adds them to its device.
+  assert.equal(got.adapter.subgroups, got.adapterSubgroups, 'the engine did not get the adapter\'s subgroups');
   // A benchmark figure, not a pass/fail bound: the wasm heap after streaming a 98 MB model.
   console.log(`wasm heap after load: ${(got.heapAfterLoad / 2 ** 20).toFixed(1)} MiB`);
   assert.deepEqual(got.prompt, golden.prompt_ids, 'tokenization differs from llama.cpp');
@@ -71,8 +73,9 @@ test('wasm engine: SmolLM2 teacher forcing in Chromium agrees with llama.cpp and
   assert.ok(maxDiff < 0.05, `wasm and native first-step logits differ by ${maxDiff}`);
 });
 
-// On a software adapter the engine shapes its kernels for CPUs, so the GPU shapes (subgroup-free
-// row reductions over 32 lanes, one attention head per workgroup with its fused rotation and
+// On a software adapter the engine shapes its kernels for CPUs, so the GPU shapes (row
+// reductions over 32 lanes, SwiftShader's 4-wide subgroups each adding up 4 of them by
+// shuffles, one attention head per workgroup with its fused rotation and
 // cache append, the output projection that merges key splits, prefill attention's register
 // tiles) would first meet Chromium's WGSL compiler, Tint, on a user's GPU. The load compiles
 // every pipeline; one decode step runs. Tint is stricter than naga (it rejects '>=' mixed with '&' unparenthesized,

@@ -335,15 +335,27 @@ impl Gpu {
         // Timestamps inside a pass (native only) time each dispatch where it runs in a step.
         let wanted = features
             & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
-        let (device, queue) = adapter
+        #[cfg(target_arch = "wasm32")]
+        crate::browser_subgroups::request_subgroups(true);
+        let device = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("gloss"),
                 required_features: wanted,
                 required_limits: limits.clone(),
                 ..Default::default()
             })
-            .await
-            .map_err(|e| Error::NoGpu(format!("the adapter refused a device: {e}")))?;
+            .await;
+        #[cfg(target_arch = "wasm32")]
+        crate::browser_subgroups::request_subgroups(false);
+        let (device, queue) = device.map_err(|e| Error::NoGpu(format!("the adapter refused a device: {e}")))?;
+        // Kernels with subgroups need the adapter's smallest subgroup size.
+        let subgroups = info.subgroup_min_size > 0 && {
+            #[cfg(target_arch = "wasm32")]
+            let on = crate::browser_subgroups::has_subgroups(&device);
+            #[cfg(not(target_arch = "wasm32"))]
+            let on = wanted.contains(wgpu::Features::SUBGROUP);
+            on
+        };
         let failure: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
         let f = failure.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -369,8 +381,8 @@ impl Gpu {
             max_storage_binding: limits.max_storage_buffer_binding_size as u64,
             max_buffer: limits.max_buffer_size,
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
-            subgroups: wanted.contains(wgpu::Features::SUBGROUP),
-            subgroup_min_size: if wanted.contains(wgpu::Features::SUBGROUP) { info.subgroup_min_size } else { 0 },
+            subgroups,
+            subgroup_min_size: if subgroups { info.subgroup_min_size } else { 0 },
             cpu: info.device_type == wgpu::DeviceType::Cpu,
         };
         let tuning = if summary.cpu { Tuning::CPU } else { Tuning::GPU };

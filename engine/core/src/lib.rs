@@ -1,6 +1,8 @@
 //! Gloss engine: GGUF language models on the GPU through wgpu (WebGPU in the browser,
 //! Vulkan/Metal/DX12 natively), one code path for both.
 
+#[cfg(target_arch = "wasm32")]
+mod browser_subgroups;
 pub mod chat;
 pub mod engine;
 pub mod error;
