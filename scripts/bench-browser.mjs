@@ -24,11 +24,12 @@ const prompt = fs.readFileSync(path.join(ROOT, 'tests/data/gpl-3.txt'), 'utf8').
 
 // wllama's multi-threaded build needs cross-origin isolation.
 const server = await serve(ROOT, { '/bench-model.gguf': model }, { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' });
-const browser = await launch({ extension: false });
+// Developer features: WebGPU timestamps unrounded (Chrome rounds them to 100 µs otherwise).
+const browser = await launch({ extension: false, flags: ['--enable-webgpu-developer-features'] });
 const rows = [];
 const rate = (n, ms) => +(n / (ms / 1000)).toFixed(2);
 const record = (engine, r) => {
-  const row = { engine, model: path.basename(model), prompt_tokens: r.promptTokens, prefill_tok_s: rate(r.promptTokens, r.prefillMs), gen_tokens: r.decodeTokens, decode_tok_s: rate(r.decodeTokens, r.decodeMs), load_ms: Math.round(r.loadMs), ...(r.isolated === undefined ? {} : { threads: r.isolated ? 'multi' : 'single' }), ...(r.stepEncodeMs === undefined ? {} : { step_encode_ms: +r.stepEncodeMs.toFixed(3), step_wait_ms: +r.stepWaitMs.toFixed(3) }), ...(r.adapter ? { adapter: r.adapter.name, cpu_adapter: r.adapter.cpu } : {}) };
+  const row = { engine, model: path.basename(model), prompt_tokens: r.promptTokens, prefill_tok_s: rate(r.promptTokens, r.prefillMs), gen_tokens: r.decodeTokens, decode_tok_s: rate(r.decodeTokens, r.decodeMs), load_ms: Math.round(r.loadMs), ...(r.isolated === undefined ? {} : { threads: r.isolated ? 'multi' : 'single' }), ...(r.stepEncodeMs === undefined ? {} : { step_encode_ms: +r.stepEncodeMs.toFixed(3), step_wait_ms: +r.stepWaitMs.toFixed(3) }), ...(r.stepGpuMs == null ? {} : { step_gpu_ms: +r.stepGpuMs.toFixed(3) }), ...(r.adapter ? { adapter: r.adapter.name, cpu_adapter: r.adapter.cpu, subgroups: r.adapter.subgroups } : {}) };
   rows.push(row);
   console.error(JSON.stringify(row));
 };
@@ -59,7 +60,7 @@ const promptTokens = rows[0].prompt_tokens;
 if (promptTokens && fs.existsSync(gloss)) {
   const env = { ...process.env, ...(rows[0].cpu_adapter ? { VK_ICD_FILENAMES: '/usr/lib/chromium/vk_swiftshader_icd.json' } : {}) };
   const native = JSON.parse(execFileSync(gloss, ['bench', '--model', model, '--prompt-tokens', String(promptTokens), '--gen-tokens', String(gen), '--ctx', String(ctx), '--quiet'], { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }))[0];
-  rows.push({ engine: 'gloss native (Vulkan, same adapter)', model: path.basename(model), adapter: native.adapter, prompt_tokens: promptTokens, prefill_tok_s: native.prefill_tok_s, gen_tokens: gen - 1, decode_tok_s: native.decode_tok_s, load_ms: Math.round(native.load_ms), step_encode_ms: native.step_encode_ms, step_wait_ms: native.step_wait_ms });
+  rows.push({ engine: 'gloss native (Vulkan, same adapter)', model: path.basename(model), adapter: native.adapter, prompt_tokens: promptTokens, prefill_tok_s: native.prefill_tok_s, gen_tokens: gen - 1, decode_tok_s: native.decode_tok_s, load_ms: Math.round(native.load_ms), step_encode_ms: native.step_encode_ms, step_wait_ms: native.step_wait_ms, step_gpu_ms: native.step_gpu_ms });
 }
 fs.mkdirSync(path.dirname(out), { recursive: true });
 fs.writeFileSync(out, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');

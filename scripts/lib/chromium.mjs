@@ -16,13 +16,14 @@ export const MODEL = path.join(ROOT, 'models/SmolLM2-135M-Instruct.Q4_1.gguf');
 const ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu', '--disable-dev-shm-usage'];
 
 /**
- * A persistent context (extensions need one); `extension: false` for plain pages.
+ * A persistent context (extensions need one); `extension: false` for plain pages; `flags`
+ * adds switches.
  * `restart()` closes the browser and starts it again on the same profile, as a user
  * restarting Chrome would: extension storage and Cache Storage survive.
  */
-export async function launch({ extension = true, headless = !process.env.CHROMIUM_HEADFUL } = {}) {
+export async function launch({ extension = true, headless = !process.env.CHROMIUM_HEADFUL, flags = [] } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'gloss-profile-'));
-  const args = [...ARGS, ...(process.env.CHROMIUM_FLAGS ?? '').split(/\s+/).filter(Boolean)];
+  const args = [...ARGS, ...flags, ...(process.env.CHROMIUM_FLAGS ?? '').split(/\s+/).filter(Boolean)];
   if (extension) args.push(`--disable-extensions-except=${EXTENSION_DIR}`, `--load-extension=${EXTENSION_DIR}`);
   const browser = {
     context: null, worker: null, id: null,

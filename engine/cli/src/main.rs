@@ -229,14 +229,14 @@ async fn bench(args: &Args) -> Result<()> {
         let s = engine.generate(&prompt, &sampled, |_| Flow::Continue).await?;
         let sampled_ms = s.decode_ms * gen as f64 / (s.tokens.len() - 1).max(1) as f64;
         let (pos, next) = (engine.context_used(), *g.tokens.last().unwrap());
-        let mut kernels = engine.model.profile(&[next], pos, None).await?.map(|ops| format!(",\"kernels\":{}", kernel_profile(&ops)));
-        if let Some(ops) = engine.model.profile(&[next], pos, Some(&Sampling::default().params(0.5))).await? {
-            kernels.get_or_insert_default().push_str(&format!(",\"sampled_kernels\":{}", kernel_profile(&ops)));
+        let mut kernels = engine.model.profile(&[next], pos, None).await?.map(|p| format!(",\"step_gpu_ms\":{:.4},\"kernels\":{}", p.step_ms, kernel_profile(&p.ops)));
+        if let Some(p) = engine.model.profile(&[next], pos, Some(&Sampling::default().params(0.5))).await? {
+            kernels.get_or_insert_default().push_str(&format!(",\"sampled_kernels\":{}", kernel_profile(&p.ops)));
         }
         // And the prompt's last prefill chunk, run again where it was.
         let chunk = n.min(engine.model.max_batch);
-        if let Some(ops) = engine.model.profile(&prompt[n - chunk..], n - chunk, None).await? {
-            kernels.get_or_insert_default().push_str(&format!(",\"prefill_kernels\":{}", kernel_profile(&ops)));
+        if let Some(p) = engine.model.profile(&prompt[n - chunk..], n - chunk, None).await? {
+            kernels.get_or_insert_default().push_str(&format!(",\"prefill_kernels\":{}", kernel_profile(&p.ops)));
         }
         rows.push(serde_json_row(&engine, n, prefill_ms, gen, [decode_ms, sampled_ms], ttft, split, load_ms, kernels));
     }
@@ -268,8 +268,8 @@ fn kernel_profile(ops: &[(String, f64)]) -> String {
 
 /// One JSON row; `decode_ms` greedy and sampled; `split` is the mean per greedy decode step
 /// of CPU encode+submit and GPU wait (ms);
-/// `kernels` the decode step's and a prefill chunk's profile fields where the adapter has
-/// timestamp queries.
+/// `kernels` the decode step's GPU time and op profiles (greedy, sampled) and a prefill
+/// chunk's, where the adapter has timestamp queries.
 #[allow(clippy::too_many_arguments)]
 fn serde_json_row(e: &Engine, n: usize, prefill_ms: f64, gen: usize, decode_ms: [f64; 2], ttft: f64, split: (f64, f64), load_ms: f64, kernels: Option<String>) -> String {
     let kernels = kernels.unwrap_or_default();

@@ -1308,14 +1308,15 @@ impl Transformer {
         Ok(id)
     }
 
-    /// GPU time in ms of each op of one step over `tokens` at `pos` (one token: a decode
-    /// step; more: a prefill chunk) that picks the next token greedily or, given `sampling`,
-    /// by sampling; `None` where the adapter has no timestamps. Where
-    /// timestamps can go inside a pass (native), the step runs as one pass and each op's time
-    /// runs from the end of the op before it to its own end: its launch, barrier and memory
-    /// latency as the step sees them. Elsewhere each op gets a pass of its own. Either way
-    /// the timestamps add a few µs per op, so the sum exceeds the step.
-    pub async fn profile(&self, tokens: &[u32], pos: usize, sampling: Option<&SampleParams>) -> Result<Option<Vec<(String, f64)>>> {
+    /// GPU times of one step over `tokens` at `pos` (one token: a decode step; more: a
+    /// prefill chunk) that picks the next token greedily or, given `sampling`, by sampling;
+    /// `None` where the adapter has no timestamps. The step first runs untouched, as one
+    /// pass timed at its ends. Then each op is timed: where timestamps can go inside a pass
+    /// (native), in one pass, each op's time running from the end of the op before it to
+    /// its own end (its launch, barrier and memory latency as the step sees them); elsewhere
+    /// in a pass of its own. Either way the timestamps add a few µs per op, so the ops' sum
+    /// exceeds the step.
+    pub async fn profile(&self, tokens: &[u32], pos: usize, sampling: Option<&SampleParams>) -> Result<Option<Profile>> {
         let features = self.gpu.device.features();
         if !features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
@@ -1335,7 +1336,9 @@ impl Transformer {
         // Timestamp pairs per op: (start, end) with a pass each, (end of the previous, end)
         // in one pass.
         let span = |i: usize| if in_pass { (i, i + 1) } else { (2 * i, 2 * i + 1) };
-        let n = if in_pass { ops.len() as u32 + 1 } else { ops.len() as u32 * 2 };
+        let per_op = if in_pass { ops.len() as u32 + 1 } else { ops.len() as u32 * 2 };
+        // The whole step's pair comes last.
+        let n = per_op + 2;
         let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: n });
         let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("profile"),
@@ -1344,6 +1347,19 @@ impl Transformer {
             mapped_at_creation: false,
         });
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &queries,
+                    beginning_of_pass_write_index: Some(per_op),
+                    end_of_pass_write_index: Some(per_op + 1),
+                }),
+            });
+            for op in &ops {
+                encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
+            }
+        }
         if in_pass {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.write_timestamp(&queries, 0);
@@ -1369,17 +1385,22 @@ impl Transformer {
         self.gpu.queue.submit([enc.finish()]);
         let bytes = self.gpu.read(&resolved, 0, n as u64 * 8).await?;
         let ticks: &[u64] = bytemuck::cast_slice(&bytes);
-        let ns_per_tick = self.gpu.queue.get_timestamp_period() as f64;
-        Ok(Some(
-            ops.iter()
-                .enumerate()
-                .map(|(i, op)| {
-                    let (a, b) = span(i);
-                    (op.label.clone(), ticks[b].saturating_sub(ticks[a]) as f64 * ns_per_tick / 1e6)
-                })
-                .collect(),
-        ))
+        let ms_per_tick = self.gpu.queue.get_timestamp_period() as f64 / 1e6;
+        let ms = |(a, b): (usize, usize)| ticks[b].saturating_sub(ticks[a]) as f64 * ms_per_tick;
+        Ok(Some(Profile {
+            step_ms: ms((per_op as usize, per_op as usize + 1)),
+            ops: ops.iter().enumerate().map(|(i, op)| (op.label.clone(), ms(span(i)))).collect(),
+        }))
     }
+}
+
+/// GPU times in ms of one step (Transformer::profile).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Profile {
+    /// The step as generation runs it: one pass, from its start to its end on the GPU.
+    pub step_ms: f64,
+    /// Each op's time (labels repeat across layers).
+    pub ops: Vec<(String, f64)>,
 }
 
 /// What encoding a step needs beyond the op lists.

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use gloss_engine::{ByteSource, Engine, Error, Flow, GenerateOptions, Gpu, Message, Options, Tuning};
+use gloss_engine::{ByteSource, Engine, Error, Flow, GenerateOptions, Gpu, Message, Options, Sampling, Tuning};
 use js_sys::{Function, Promise, Uint32Array, Uint8Array};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
@@ -222,6 +222,19 @@ impl GlossEngine {
     pub fn score(&self, tokens: Vec<u32>) -> Promise {
         with_engine(&self.inner, move |mut engine| async move {
             let result = engine.score(&tokens).await.map_err(js_error).map(|l| js_sys::Float32Array::from(&l[..]).into());
+            (engine, result)
+        })
+    }
+
+    /// GPU times of one decode step of `token` after the cached context, picking greedily
+    /// or with the chat's default sampling: `{step_ms, ops: [[label, ms], …]}`, or `null`
+    /// where the adapter has no timestamp queries. For benchmarks (Chrome rounds timestamps
+    /// to 100 µs unless started with --enable-webgpu-developer-features).
+    pub fn profile(&self, token: u32, sampled: bool) -> Promise {
+        with_engine(&self.inner, move |engine| async move {
+            let sampling = sampled.then(|| Sampling::default().params(0.5));
+            let pos = engine.context_used();
+            let result = engine.model.profile(&[token], pos, sampling.as_ref()).await.map_err(js_error).and_then(|p| to_js(&p));
             (engine, result)
         })
     }
