@@ -2,6 +2,7 @@
 //! generate with KV-cache reuse of the shared prompt prefix, stop strings, token limits,
 //! cancellation between tokens and UTF-8-safe streaming; chat sessions on top.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use crate::gpu::{AdapterSummary, Gpu};
 use crate::models::Config;
 use crate::sampling::{Pcg, Sampling};
 use crate::tokenizer::{Tokenizer, Utf8Stream};
-use crate::transformer::{Input, Logits, Options, Pending, Transformer};
+use crate::transformer::{Choice, Input, Logits, Options, Pending, SampleParams, Transformer, MAX_STEPS_PER_SUBMIT, SUBMITS_IN_FLIGHT};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
@@ -89,7 +90,16 @@ pub struct Engine {
     pub info: ModelInfo,
     /// Tokens whose keys and values are in the KV cache, in order.
     cached: Vec<u32>,
+    /// Time a submission of sampling steps aims to keep the GPU busy (ms): a submission's
+    /// fixed cost spreads over its steps, and stop strings, end of text and cancellation are
+    /// seen up to two submissions late (the steps past them run for nothing).
+    pub submission_ms: f64,
 }
+
+/// Engine::submission_ms by default. On the H100 (1 ms steps), decode in Chrome went from
+/// 1.5-2.3 ms a token with one step a submission to 0.93-1.3 with eight, and natively from
+/// 920-980 to 1045-1125 tok/s (BENCHMARKS.md, session 13).
+pub const SUBMISSION_MS: f64 = 8.0;
 
 /// Milliseconds since an arbitrary origin, on both targets.
 pub fn now_ms() -> f64 {
@@ -133,7 +143,7 @@ impl Engine {
             chat_template: template.source,
             adapter: gpu.summary.clone(),
         };
-        Ok(Engine { model, tokenizer, template, info, cached: Vec::new() })
+        Ok(Engine { model, tokenizer, template, info, cached: Vec::new(), submission_ms: SUBMISSION_MS })
     }
 
     pub fn context_used(&self) -> usize {
@@ -208,15 +218,24 @@ impl Engine {
         let mut emitted = 0;
         let mut t_first = None;
         let stops: Vec<String> = opts.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
-        // Without penalties the next step needs nothing from the CPU, so it is submitted
-        // before this step's id is read back (it embeds that id on the GPU): the GPU never
-        // idles through encoding or readback. A step submitted past a stop is discarded; it
-        // only wrote the KV cache beyond the cached prefix.
+        // Without penalties a step needs nothing from the CPU, so the next submission goes
+        // out before this one's ids are read back (it continues from them on the GPU): the
+        // GPU never idles through encoding or readback. Steps submitted past a stop are
+        // discarded; they only wrote the KV cache beyond the cached prefix.
         let pipelined = !opts.sampling.has_penalties();
         let step_params = |rng: &mut Pcg, history: &[u32]| {
             (!opts.sampling.is_greedy()).then(|| (opts.sampling.params(rng.next_f32()), opts.sampling.penalties(history)))
         };
-        let mut in_flight: Option<Pending> = None;
+        let depth = if pipelined { SUBMITS_IN_FLIGHT } else { 1 };
+        // Steps a submission: one at first, for the first token's sake; then, while
+        // pipelined, doubling up to what fills submission_ms at the pace measured between
+        // readbacks (a browser's round trip costs 1-2 ms, on the H100 more than a step).
+        let mut per_submit = 1;
+        let mut last_read: Option<f64> = None;
+        // Submissions in order; the front one's first step runs at `pos`.
+        let mut in_flight: VecDeque<Pending> = VecDeque::new();
+        let mut ahead = 0; // steps in flight
+        let mut ids: VecDeque<u32> = VecDeque::new(); // read back, not yet taken
         loop {
             if out.tokens.len() >= opts.max_tokens {
                 break;
@@ -227,36 +246,50 @@ impl Engine {
             }
             let pos = self.cached.len();
             // Invariant: the cache holds everything but `next`, the last token produced.
-            let submitted = match in_flight.take() {
-                Some(p) => Ok(p),
-                None => {
-                    let sp = step_params(&mut rng, &history);
-                    self.model.submit_sample(Input::Ids(&[next]), pos, sp.as_ref().map(|(p, pens)| (p, pens.as_slice())))
-                }
-            };
-            let sampled = match submitted {
-                Ok(p) => {
-                    if pipelined && out.tokens.len() + 1 < opts.max_tokens && pos + 2 <= self.model.ctx {
-                        let sp = step_params(&mut rng, &history);
-                        match self.model.submit_sample(Input::Previous, pos + 1, sp.as_ref().map(|(p, pens)| (p, pens.as_slice()))) {
-                            Ok(next_step) => in_flight = Some(next_step),
-                            Err(e) => {
-                                self.cached.clear();
-                                return Err(e);
-                            }
-                        }
+            if ids.is_empty() {
+                // Top up the submissions in flight: each after the first continues from its
+                // predecessor's last id on the GPU, and all stay within the token budget
+                // and the context.
+                let mut submitted = Ok(());
+                while submitted.is_ok() && in_flight.len() < depth {
+                    let n = per_submit.min(opts.max_tokens - out.tokens.len() - ahead).min(self.model.ctx - pos - ahead);
+                    if n == 0 {
+                        break;
                     }
-                    self.model.finish_sample(p).await
+                    let sp: Vec<_> = (0..n).filter_map(|_| step_params(&mut rng, &history)).collect();
+                    let params: Vec<SampleParams> = sp.iter().map(|(p, _)| *p).collect();
+                    let choice = match sp.first() {
+                        Some((_, pens)) => Choice::Sample(&params, pens),
+                        None => Choice::Greedy(n),
+                    };
+                    let input = if ahead == 0 { Input::Ids(std::slice::from_ref(&next)) } else { Input::Previous };
+                    submitted = self.model.submit_steps(input, pos + ahead, choice).map(|p| {
+                        ahead += n;
+                        in_flight.push_back(p)
+                    });
                 }
-                Err(e) => Err(e),
-            };
-            let id = match sampled {
-                Ok(id) => id,
-                Err(e) => {
-                    self.cached.clear();
-                    return Err(e);
+                let read = match submitted {
+                    Ok(()) => self.model.finish_steps(in_flight.pop_front().expect("a submission is in flight")).await,
+                    Err(e) => Err(e),
+                };
+                match read {
+                    Ok(r) => {
+                        let now = now_ms();
+                        if let (true, Some(t)) = (pipelined, last_read) {
+                            let fill = (self.submission_ms * r.len() as f64 / (now - t).max(1e-3)) as usize;
+                            per_submit = (per_submit * 2).min(fill).clamp(1, MAX_STEPS_PER_SUBMIT);
+                        }
+                        last_read = Some(now);
+                        ahead -= r.len();
+                        ids.extend(r);
+                    }
+                    Err(e) => {
+                        self.cached.clear();
+                        return Err(e);
+                    }
                 }
-            };
+            }
+            let id = ids.pop_front().expect("ids were read back");
             self.cached.push(next);
             if t_first.is_none() {
                 t_first = Some(now_ms());

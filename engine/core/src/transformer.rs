@@ -408,11 +408,28 @@ pub struct StepTimes {
     pub wait_ms: f64,
 }
 
-/// A sampling step submitted to the GPU and not yet read back.
+/// Sampling steps submitted to the GPU in one command buffer and not yet read back.
 pub struct Pending {
     slot: usize,
+    steps: usize,
     at: wgpu::SubmissionIndex,
     encode_ms: f64,
+}
+
+/// Sampling steps one submission may hold (Transformer::submit_steps).
+pub const MAX_STEPS_PER_SUBMIT: usize = 8;
+/// Submissions of sampling steps a generation keeps made and not yet read back: one runs
+/// while the one before it is read. (Three measured no faster in Chrome on the H100.)
+pub const SUBMITS_IN_FLIGHT: usize = 2;
+
+/// How a submission's sampling steps choose their tokens.
+#[derive(Clone, Copy)]
+pub enum Choice<'a> {
+    /// The most likely token, this many steps.
+    Greedy(usize),
+    /// Sampled, one step per parameter set, under repetition penalties over the given
+    /// (id, count) pairs (with one step only: they need every id chosen before it).
+    Sample(&'a [SampleParams], &'a [[u32; 2]]),
 }
 
 /// What a forward pass returns.
@@ -468,8 +485,12 @@ pub struct Transformer {
     sample_params: wgpu::Buffer,
     penalties: wgpu::Buffer,
     result: wgpu::Buffer,
-    /// Two readback slots, so one step's id can be read while the next is in flight.
-    result_staging: [wgpu::Buffer; 2],
+    /// Readback slots, one per submission in flight (SUBMITS_IN_FLIGHT) holding its
+    /// steps' ids, so one submission's ids can be read while later ones run.
+    result_staging: Vec<wgpu::Buffer>,
+    /// Per-step uniforms of a submission of several steps (Transformer::submit_steps).
+    step_table: wgpu::Buffer,
+    params_table: wgpu::Buffer,
     next_slot: std::cell::Cell<usize>,
     /// Bytes of weights in the file (GPU memory's yardstick), and of KV cache.
     pub weight_bytes: u64,
@@ -1082,7 +1103,9 @@ impl Transformer {
         let greedy = std::mem::take(&mut b.ops);
         push_sampling(&mut b, &sbind, cfg.vocab as u32);
         let sample = std::mem::take(&mut b.ops);
-        let result_staging = [g.readback_buffer("result", 4), g.readback_buffer("result", 4)];
+        let result_staging = (0..SUBMITS_IN_FLIGHT).map(|_| g.readback_buffer("result", 4 * MAX_STEPS_PER_SUBMIT as u64)).collect();
+        let step_table = g.storage("step table", (MAX_STEPS_PER_SUBMIT * size_of::<Step>()) as u64)?;
+        let params_table = g.storage("sampling table", (MAX_STEPS_PER_SUBMIT * size_of::<SampleParams>()) as u64)?;
         // Compile now every pipeline a prefill may pick (matmul tiles depend on the chunk's
         // length), not at the first prompt of each length; and every pipeline decode and
         // token choice use, merging key splits or not: a shader the adapter's compiler
@@ -1125,6 +1148,8 @@ impl Transformer {
             penalties,
             result,
             result_staging,
+            step_table,
+            params_table,
             next_slot: Default::default(),
             weight_bytes,
             kv_bytes,
@@ -1236,76 +1261,101 @@ impl Transformer {
         pos0: usize,
         params: Option<(&SampleParams, &[[u32; 2]])>,
     ) -> Result<u32> {
-        let pending = self.submit_sample(Input::Ids(tokens), pos0, params)?;
-        self.finish_sample(pending).await
+        let choice = match params {
+            Some((p, penalties)) => Choice::Sample(std::slice::from_ref(p), penalties),
+            None => Choice::Greedy(1),
+        };
+        let pending = self.submit_steps(Input::Ids(tokens), pos0, choice)?;
+        Ok(self.finish_steps(pending).await?[0])
     }
 
-    /// Submits a forward pass over `input` at `pos0` and the choice of the next token, and
-    /// returns at once. The chosen id also stays on the GPU as the next step's input
-    /// (`Input::Previous`), so a caller can submit step n+1 before reading step n back and
-    /// the GPU never waits on the CPU's encoding or readback.
-    pub fn submit_sample(&self, input: Input, pos0: usize, params: Option<(&SampleParams, &[[u32; 2]])>) -> Result<Pending> {
-        let n_tok = match input {
-            Input::Ids(tokens) => {
-                self.check_batch(tokens, pos0, Logits::Last)?;
-                tokens.len()
-            }
-            Input::Previous => {
-                self.check_batch(&[0], pos0, Logits::Last)?;
-                1
-            }
+    /// Submits sampling steps in one command buffer and returns at once: a forward pass over
+    /// `input` at `pos0` and the choice of the next token, then each further step (one per
+    /// choice) a forward pass over the id the step before it chose, on the GPU. The last
+    /// chosen id also stays on the GPU as the next submission's input (`Input::Previous`),
+    /// so a caller can submit before reading back what it submitted last and the GPU never
+    /// waits on the CPU's encoding or readback. Several steps a submission pay a browser's
+    /// round trip (a flush and a buffer mapping, each a GPU-process task) once for them all.
+    pub fn submit_steps(&self, input: Input, pos0: usize, choice: Choice) -> Result<Pending> {
+        let n = match choice {
+            Choice::Greedy(n) => n,
+            Choice::Sample(params, _) => params.len(),
         };
+        assert!((1..=MAX_STEPS_PER_SUBMIT).contains(&n), "{n} steps in one submission");
+        let first = match input {
+            Input::Ids(tokens) => tokens,
+            Input::Previous => &[0][..],
+        };
+        self.check_batch(first, pos0, Logits::Last)?;
+        // The further steps' tokens go to positions after the first's.
+        let pos_of = |i: usize| if i == 0 { pos0 } else { pos0 + first.len() + i - 1 };
+        self.check_batch(&[0], pos_of(n - 1), Logits::Last)?;
         self.gpu.check()?;
-        let shape = match input {
-            Input::Ids(tokens) => self.write_step(tokens, pos0),
-            Input::Previous => self.write_shape(1, pos0),
-        };
+        if let Input::Ids(tokens) = input {
+            self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
+        }
         let vocab = self.cfg.vocab as u32;
-        match params {
-            Some((p, penalties)) => {
+        let params: Vec<SampleParams> = match choice {
+            Choice::Greedy(n) => vec![SampleParams { vocab, ..Default::default() }; n],
+            Choice::Sample(params, penalties) => {
+                assert!(penalties.is_empty() || n == 1, "penalties need the ids chosen before");
                 let pens = &penalties[..penalties.len().min(MAX_PENALTIES)];
-                let p = SampleParams { vocab, n_penalties: pens.len() as u32, ..*p };
-                self.gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(&p));
                 if !pens.is_empty() {
                     self.gpu.queue.write_buffer(&self.penalties, 0, bytemuck::cast_slice(pens));
                 }
+                params.iter().map(|p| SampleParams { vocab, n_penalties: pens.len() as u32, ..*p }).collect()
             }
-            None => {
-                let p = SampleParams { vocab, ..Default::default() };
-                self.gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(&p));
-            }
+        };
+        let steps: Vec<(Shape, Step)> = (0..n).map(|i| self.shape(if i == 0 { first.len() } else { 1 }, pos_of(i))).collect();
+        // A queue write lands before the whole submission, so further steps' uniforms come
+        // from tables, copied into place before each step.
+        if n == 1 {
+            self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&steps[0].1));
+            self.gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(&params[0]));
+        } else {
+            let table: Vec<Step> = steps.iter().map(|s| s.1).collect();
+            self.gpu.queue.write_buffer(&self.step_table, 0, bytemuck::cast_slice(&table));
+            self.gpu.queue.write_buffer(&self.params_table, 0, bytemuck::cast_slice(&params));
         }
         let t0 = crate::engine::now_ms();
         let slot = self.next_slot.get();
-        self.next_slot.set(1 - slot);
+        self.next_slot.set((slot + 1) % SUBMITS_IN_FLIGHT);
+        let ops = if matches!(choice, Choice::Sample(..)) { &self.sample } else { &self.greedy };
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            for ops in self.plan(n_tok, Logits::Last) {
-                encode(&self.gpu, &mut pass, ops, shape);
+        for (i, (shape, _)) in steps.iter().enumerate() {
+            if n > 1 {
+                let (s, p) = (size_of::<Step>() as u64, size_of::<SampleParams>() as u64);
+                enc.copy_buffer_to_buffer(&self.step_table, i as u64 * s, &self.step, 0, s);
+                enc.copy_buffer_to_buffer(&self.params_table, i as u64 * p, &self.sample_params, 0, p);
             }
-            encode(&self.gpu, &mut pass, if params.is_some() { &self.sample } else { &self.greedy }, shape);
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for body in self.plan(shape.n_tok as usize, Logits::Last) {
+                    encode(&self.gpu, &mut pass, body, *shape);
+                }
+                encode(&self.gpu, &mut pass, ops, *shape);
+            }
+            enc.copy_buffer_to_buffer(&self.result, 0, &self.ids, 0, 4);
+            enc.copy_buffer_to_buffer(&self.result, 0, &self.result_staging[slot], i as u64 * 4, 4);
         }
-        enc.copy_buffer_to_buffer(&self.result, 0, &self.ids, 0, 4);
-        enc.copy_buffer_to_buffer(&self.result, 0, &self.result_staging[slot], 0, 4);
         let at = self.gpu.queue.submit([enc.finish()]);
-        Ok(Pending { slot, at, encode_ms: crate::engine::now_ms() - t0 })
+        Ok(Pending { slot, steps: n, at, encode_ms: crate::engine::now_ms() - t0 })
     }
 
-    /// Waits for a submitted step's token id.
-    pub async fn finish_sample(&self, pending: Pending) -> Result<u32> {
+    /// Waits for a submission's token ids, one per step.
+    pub async fn finish_steps(&self, pending: Pending) -> Result<Vec<u32>> {
         let t0 = crate::engine::now_ms();
-        let bytes = self.gpu.read_mapped(&self.result_staging[pending.slot], 4, pending.at).await?;
+        let bytes = self.gpu.read_mapped(&self.result_staging[pending.slot], pending.steps as u64 * 4, pending.at).await?;
         let mut t = self.step_times.get();
-        t.steps += 1;
+        t.steps += pending.steps;
         t.encode_ms += pending.encode_ms;
         t.wait_ms += crate::engine::now_ms() - t0;
         self.step_times.set(t);
-        let id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
-        if id >= self.cfg.vocab as u32 {
+        let ids: Vec<u32> = bytemuck::cast_slice(&bytes).to_vec();
+        if let Some(id) = ids.iter().find(|&&id| id >= self.cfg.vocab as u32) {
             return Err(Error::Gpu(format!("sampler returned token {id} outside the vocabulary (non-finite logits?)")));
         }
-        Ok(id)
+        Ok(ids)
     }
 
     /// GPU times of one step over `tokens` at `pos` (one token: a decode step; more: a

@@ -358,10 +358,6 @@ fn generation_ahead_matches_one_step_at_a_time() {
         pollster::block_on(engine.generate(prompt, &opts, |_| Flow::Continue)).unwrap()
     };
     let prompt: Vec<u32> = (0..11u32).map(|i| (i * 37 + 5) % VOCAB as u32).collect();
-    let mut engine = load(64);
-    let all = run(&mut engine, &prompt, 12);
-    assert_eq!(all.tokens.len(), 12);
-
     let reference = load(64);
     let m = &reference.model;
     for (i, chunk) in prompt[..prompt.len() - 1].chunks(8).enumerate() {
@@ -370,27 +366,38 @@ fn generation_ahead_matches_one_step_at_a_time() {
     let mut rng = Pcg::new(sampling.seed);
     let mut next = *prompt.last().unwrap();
     let mut want = Vec::new();
-    for i in 0..12 {
+    for i in 0..20 {
         let p = sampling.params(rng.next_f32());
         next = pollster::block_on(m.forward_and_sample(&[next], prompt.len() - 1 + i, Some((&p, &[])))).unwrap();
         want.push(next);
     }
-    assert_eq!(all.tokens, want, "generation differs from one step at a time");
     assert!(want.iter().collect::<std::collections::HashSet<_>>().len() > 2, "sampling never varied");
 
-    engine.reset();
-    let short = run(&mut engine, &prompt, 5);
-    assert_eq!(short.tokens, all.tokens[..5]);
-    // A step ran past that stop; the next turn reuses the cache up to it.
-    let longer: Vec<u32> = prompt.iter().chain(&short.tokens).copied().collect();
-    let reused = run(&mut engine, &longer, 6);
-    assert!(reused.reused_tokens >= prompt.len(), "the cached prefix was not reused");
-    assert_eq!(reused.tokens, run(&mut load(64), &longer, 6).tokens, "a reused cache gives other tokens than a fresh one");
+    // One step a submission; submissions of 1, 2, 4, 8, 8… steps (the engine's ramp where
+    // steps are fast); and this adapter's own pace.
+    for submission_ms in [0.0, f64::INFINITY, gloss_engine::engine::SUBMISSION_MS] {
+        let with = |mut engine: Engine| {
+            engine.submission_ms = submission_ms;
+            engine
+        };
+        let mut engine = with(load(64));
+        let all = run(&mut engine, &prompt, 20);
+        assert_eq!(all.tokens, want, "generation differs from one step at a time ({submission_ms} ms a submission)");
 
-    let mut small = load(prompt.len() + 6);
-    let full = run(&mut small, &prompt, 20);
-    assert_eq!(full.stop_reason, StopReason::ContextFull);
-    assert_eq!(full.tokens, all.tokens[..7]);
+        engine.reset();
+        let short = run(&mut engine, &prompt, 5);
+        assert_eq!(short.tokens, want[..5]);
+        // Steps ran past that stop; the next turn reuses the cache up to it.
+        let longer: Vec<u32> = prompt.iter().chain(&short.tokens).copied().collect();
+        let reused = run(&mut engine, &longer, 6);
+        assert!(reused.reused_tokens >= prompt.len(), "the cached prefix was not reused");
+        assert_eq!(reused.tokens, run(&mut with(load(64)), &longer, 6).tokens, "a reused cache gives other tokens than a fresh one");
+
+        let mut small = with(load(prompt.len() + 6));
+        let full = run(&mut small, &prompt, 20);
+        assert_eq!(full.stop_reason, StopReason::ContextFull);
+        assert_eq!(full.tokens, want[..7]);
+    }
 }
 
 #[test]
