@@ -101,11 +101,20 @@ pub struct Engine {
 /// 920-980 to 1045-1125 tok/s (BENCHMARKS.md, session 13).
 pub const SUBMISSION_MS: f64 = 8.0;
 
-/// Milliseconds since an arbitrary origin, on both targets.
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+extern "C" {
+    /// `performance.now()`: windows, workers and offscreen documents all have it.
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+}
+
+/// Milliseconds since an arbitrary origin, on both targets. (In browsers finer than
+/// `Date.now()`'s whole milliseconds, which steps of about one millisecond need.)
 pub fn now_ms() -> f64 {
     #[cfg(target_arch = "wasm32")]
     {
-        js_sys::Date::now()
+        performance_now()
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
