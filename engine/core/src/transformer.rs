@@ -1398,14 +1398,7 @@ impl Transformer {
         });
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &queries,
-                    beginning_of_pass_write_index: Some(per_op),
-                    end_of_pass_write_index: Some(per_op + 1),
-                }),
-            });
+            let mut pass = timed_pass(&mut enc, &queries, per_op);
             for op in &ops {
                 encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
             }
@@ -1419,15 +1412,7 @@ impl Transformer {
             }
         } else {
             for (i, op) in ops.iter().enumerate() {
-                let i = i as u32 * 2;
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: None,
-                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                        query_set: &queries,
-                        beginning_of_pass_write_index: Some(i),
-                        end_of_pass_write_index: Some(i + 1),
-                    }),
-                });
+                let mut pass = timed_pass(&mut enc, &queries, i as u32 * 2);
                 encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
             }
         }
@@ -1442,6 +1427,18 @@ impl Transformer {
             ops: ops.iter().enumerate().map(|(i, op)| (op.label.clone(), ms(span(i)))).collect(),
         }))
     }
+}
+
+/// A compute pass that writes timestamps `at` and `at + 1` at its start and end.
+fn timed_pass<'e>(enc: &'e mut wgpu::CommandEncoder, queries: &wgpu::QuerySet, at: u32) -> wgpu::ComputePass<'e> {
+    enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: None,
+        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+            query_set: queries,
+            beginning_of_pass_write_index: Some(at),
+            end_of_pass_write_index: Some(at + 1),
+        }),
+    })
 }
 
 /// GPU times in ms of one step (Transformer::profile).
