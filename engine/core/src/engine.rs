@@ -284,7 +284,7 @@ impl Engine {
                 match read {
                     Ok(r) => {
                         let now = now_ms();
-                        if let (true, Some(t)) = (pipelined, last_read) {
+                        if let Some(t) = last_read.filter(|_| pipelined) {
                             let fill = (self.submission_ms * r.len() as f64 / (now - t).max(1e-3)) as usize;
                             per_submit = (per_submit * 2).min(fill).clamp(1, MAX_STEPS_PER_SUBMIT);
                         }
