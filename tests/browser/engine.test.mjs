@@ -75,11 +75,12 @@ test('wasm engine: SmolLM2 teacher forcing in Chromium agrees with llama.cpp and
 
 // On a software adapter the engine shapes its kernels for CPUs, so the GPU shapes (row
 // reductions over 32 lanes, SwiftShader's 4-wide subgroups each adding up 4 of them by
-// shuffles, one attention head per workgroup with its fused rotation and
-// cache append, the output projection that merges key splits, prefill attention's register
-// tiles) would first meet Chromium's WGSL compiler, Tint, on a user's GPU. The load compiles
-// every pipeline; one decode step runs. Tint is stricter than naga (it rejects '>=' mixed with '&' unparenthesized,
-// which naga accepts and which once kept every model from loading on real GPUs in Chrome).
+// shuffles; one attention head per workgroup with its fused rotation and cache append; the
+// output projection that merges key splits; prefill attention's register tiles) would first
+// meet Chromium's WGSL compiler, Tint, on a user's GPU. The load compiles every pipeline;
+// one decode step runs. Tint is stricter than naga: it rejects '>=' mixed with '&'
+// unparenthesized, which naga accepts and which once kept every model from loading on real
+// GPUs in Chrome.
 test('wasm engine: the GPU-shaped kernels compile in Chromium and agree with the CPU-shaped ones', { timeout: 900_000 }, async () => {
   assert.ok(cpuShaped, 'needs the teacher-forcing test first');
   const got = await page.evaluate((a) => window.teacherForce(a), {
