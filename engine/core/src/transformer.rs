@@ -1212,9 +1212,7 @@ impl Transformer {
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            for ops in self.plan(tokens.len(), logits) {
-                encode(&self.gpu, &mut pass, ops, shape);
-            }
+            encode(&self.gpu, &mut pass, self.plan(tokens.len(), logits).into_iter().flatten(), shape);
         }
         self.gpu.queue.submit([enc.finish()]);
         if logits != Logits::All {
@@ -1330,10 +1328,7 @@ impl Transformer {
             }
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
-                for body in self.plan(shape.n_tok as usize, Logits::Last) {
-                    encode(&self.gpu, &mut pass, body, *shape);
-                }
-                encode(&self.gpu, &mut pass, ops, *shape);
+                encode(&self.gpu, &mut pass, self.plan(shape.n_tok as usize, Logits::Last).into_iter().flatten().chain(ops), *shape);
             }
             enc.copy_buffer_to_buffer(&self.result, 0, &self.ids, 0, 4);
             enc.copy_buffer_to_buffer(&self.result, 0, &self.result_staging[slot], i as u64 * 4, 4);
@@ -1400,20 +1395,20 @@ impl Transformer {
         {
             let mut pass = timed_pass(&mut enc, &queries, per_op);
             for op in &ops {
-                encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
+                encode(&self.gpu, &mut pass, [*op], shape);
             }
         }
         if in_pass {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.write_timestamp(&queries, 0);
             for (i, op) in ops.iter().enumerate() {
-                encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
+                encode(&self.gpu, &mut pass, [*op], shape);
                 pass.write_timestamp(&queries, i as u32 + 1);
             }
         } else {
             for (i, op) in ops.iter().enumerate() {
                 let mut pass = timed_pass(&mut enc, &queries, i as u32 * 2);
-                encode(&self.gpu, &mut pass, std::slice::from_ref(*op), shape);
+                encode(&self.gpu, &mut pass, [*op], shape);
             }
         }
         enc.resolve_query_set(&queries, 0..n, &resolved, 0);
@@ -1506,10 +1501,16 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
     grid.iter().all(|&n| n > 0).then_some((kernel, grid))
 }
 
-fn encode(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: &[Op], shape: Shape) {
+fn encode<'o>(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: impl IntoIterator<Item = &'o Op>, shape: Shape) {
+    // A pipeline is set only where it changes: in a browser every command is work for the
+    // GPU process, whose time per dispatch bounds small models' decode.
+    let mut set = None;
     for op in ops {
         let Some((kernel, [x, y, z])) = dispatch_of(gpu, op, shape) else { continue };
-        pass.set_pipeline(&gpu.pipeline(kernel).pipeline);
+        if set != Some(kernel) {
+            pass.set_pipeline(&gpu.pipeline(kernel).pipeline);
+            set = Some(kernel);
+        }
         // A matmul over several workgroups in z is a split one.
         let bind_group = match &op.split_bind {
             Some(b) if z > 1 => b,
