@@ -90,9 +90,10 @@ pub struct Engine {
     pub info: ModelInfo,
     /// Tokens whose keys and values are in the KV cache, in order.
     cached: Vec<u32>,
-    /// Time a submission of sampling steps aims to keep the GPU busy (ms): a submission's
-    /// fixed cost spreads over its steps, and stop strings, end of text and cancellation are
-    /// seen up to two submissions late (the steps past them run for nothing).
+    /// Time between a generation's readbacks (ms) under which its submissions grow (steps
+    /// a submission double) and over twice which they shrink: a submission's fixed cost
+    /// spreads over its steps, and stop strings, end of text and cancellation are seen up
+    /// to two submissions late (the steps past them run for nothing).
     pub submission_ms: f64,
 }
 
@@ -237,8 +238,11 @@ impl Engine {
         };
         let depth = if pipelined { SUBMITS_IN_FLIGHT } else { 1 };
         // Steps a submission: one at first, for the first token's sake; then, while
-        // pipelined, doubling up to what fills submission_ms at the pace measured between
-        // readbacks (a browser's round trip costs 1-2 ms, on the H100 more than a step).
+        // pipelined, doubling while readbacks come less than submission_ms apart, halving
+        // where they come more than twice that apart. Not steps = submission_ms / (interval
+        // / steps): each submission's fixed cost (a browser's GPU-process task, 2-3 ms in
+        // Chrome on the H100) inflates that pace most for few steps, and held Chrome at 3-6
+        // steps where 8 ran faster.
         let mut per_submit = 1;
         let mut last_read: Option<f64> = None;
         // Submissions in order; the front one's first step runs at `pos`.
@@ -285,8 +289,12 @@ impl Engine {
                     Ok(r) => {
                         let now = now_ms();
                         if let Some(t) = last_read.filter(|_| pipelined) {
-                            let fill = (self.submission_ms * r.len() as f64 / (now - t).max(1e-3)) as usize;
-                            per_submit = (per_submit * 2).min(fill).clamp(1, MAX_STEPS_PER_SUBMIT);
+                            let interval = now - t;
+                            if interval < self.submission_ms {
+                                per_submit = (per_submit * 2).min(MAX_STEPS_PER_SUBMIT);
+                            } else if interval > 2.0 * self.submission_ms {
+                                per_submit = (per_submit / 2).max(1);
+                            }
                         }
                         last_read = Some(now);
                         ahead -= r.len();
