@@ -17,7 +17,7 @@ struct SParams {
     vocab: u32,
     top_k: u32,
     n_penalties: u32,
-    _p0: u32,
+    keep: u32,          // the chosen id goes to result[0] (the next step's input) and result[keep]
     temperature: f32,
     top_p: f32,
     min_p: f32,
@@ -28,6 +28,12 @@ struct SParams {
     _p1: f32,
 }
 struct Penalty { id: u32, count: u32 }
+
+// The step's choice: the next step's input, and a slot of the submission's readback.
+fn choose(id: u32) {
+    result[0] = id;
+    result[sp.keep] = id;
+}
 
 @group(0) @binding(0) var<storage, read_write> logits: array<f32>;
 @group(0) @binding(1) var<storage, read_write> partials: array<vec2<u32>>;
@@ -102,7 +108,7 @@ fn argmax_final(@builtin(local_invocation_index) lid: u32) {
     best_i[lid] = bi;
     workgroupBarrier();
     wg_argmax(lid);
-    if (lid == 0u) { result[0] = best_i[0]; }
+    if (lid == 0u) { choose(best_i[0]); }
 }
 
 // Order-preserving key: smaller key = larger logit. (max - logit) >= 0, so its f32 bits
@@ -504,6 +510,6 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
             }
         }
         if (chosen == 0xFFFFFFFFu) { chosen = last; }
-        result[0] = chosen;
+        choose(chosen);
     }
 }

@@ -14,7 +14,16 @@ pub enum Bind {
     Read,
     ReadWrite,
     Uniform,
+    /// A uniform with one slot per step of a submission (STEP_SLOTS, each Gpu::step_slot()
+    /// bytes apart): the step's position, or its sampling parameters. A queue write lands
+    /// before the whole submission, so each step binds its own slot, through a bind group
+    /// of its own (not a dynamic offset, which in Chrome cost more a dispatch than the
+    /// copies it saved).
+    PerStep,
 }
+
+/// Slots of a per-step uniform (Bind::PerStep): the most steps one submission holds.
+pub const STEP_SLOTS: u32 = 8;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Kernel {
@@ -200,16 +209,16 @@ impl Kernel {
         match self {
             // One layout for the matvec and the matmuls: the prefill list's linear ops run
             // either. The last two (the residual of matvec.wgsl's POST) only the matvec reads.
-            Kernel::MatVec(..) | Kernel::MatMul(..) | Kernel::MatMulRows(_) => &[Read, Read, ReadWrite, Read, Uniform, Uniform, Read, Read, ReadWrite],
-            Kernel::SplitSum => &[Read, ReadWrite, Read, Uniform, Uniform],
-            Kernel::Embed(_) => &[Read, Read, ReadWrite, Uniform, Uniform],
-            Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite, Read],
-            Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, Uniform, Read, Read],
+            Kernel::MatVec(..) | Kernel::MatMul(..) | Kernel::MatMulRows(_) => &[Read, Read, ReadWrite, Read, Uniform, PerStep, Read, Read, ReadWrite],
+            Kernel::SplitSum => &[Read, ReadWrite, Read, Uniform, PerStep],
+            Kernel::Embed(_) => &[Read, Read, ReadWrite, Uniform, PerStep],
+            Kernel::RmsNorm => &[Read, Read, ReadWrite, Uniform, PerStep, ReadWrite, Read],
+            Kernel::RopeKv => &[ReadWrite, Read, Read, ReadWrite, ReadWrite, Uniform, PerStep, Read, Read],
             // One layout for both entry points, so they share a bind group.
-            Kernel::Attention(..) | Kernel::AttentionTiles(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, ReadWrite, Read, Read],
-            Kernel::Glu => &[Read, ReadWrite, Uniform, Uniform],
+            Kernel::Attention(..) | Kernel::AttentionTiles(_) | Kernel::AttentionCombine => &[Read, ReadWrite, ReadWrite, ReadWrite, Uniform, PerStep, ReadWrite, Read, Read],
+            Kernel::Glu => &[Read, ReadWrite, Uniform, PerStep],
             Kernel::ArgmaxPartial | Kernel::ArgmaxFinal | Kernel::SamplePrepare | Kernel::SampleCandidates | Kernel::Sample => {
-                &[ReadWrite, ReadWrite, ReadWrite, Read, Uniform, ReadWrite, ReadWrite]
+                &[ReadWrite, ReadWrite, ReadWrite, Read, PerStep, ReadWrite, ReadWrite]
             }
         }
     }
@@ -454,6 +463,29 @@ impl Gpu {
         b
     }
 
+    /// Bytes between the slots of a per-step uniform: room for the largest (sampling's
+    /// parameters, 48 bytes) at the adapter's uniform offset alignment.
+    pub fn step_slot(&self) -> u64 {
+        64u64.next_multiple_of(self.limits.min_uniform_buffer_offset_alignment as u64)
+    }
+
+    /// A per-step uniform (Bind::PerStep), every slot holding `value`.
+    pub fn per_step_uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        let slot = self.step_slot();
+        let size = slot * STEP_SLOTS as u64;
+        self.allocated.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        for i in 0..STEP_SLOTS as u64 {
+            self.queue.write_buffer(&b, i * slot, bytemuck::bytes_of(value));
+        }
+        b
+    }
+
     pub fn readback_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -626,7 +658,7 @@ impl Gpu {
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: wgpu::BindingType::Buffer {
                             ty: match b {
-                                Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                                Bind::Uniform | Bind::PerStep => wgpu::BufferBindingType::Uniform,
                                 Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
                                 Bind::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                             },
@@ -641,13 +673,22 @@ impl Gpu {
             .clone()
     }
 
-    pub fn bind_group(&self, kernel: Kernel, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    /// `kernel`'s bindings of `buffers` for step `slot` of a submission (Bind::PerStep).
+    pub fn bind_group(&self, kernel: Kernel, buffers: &[&wgpu::Buffer], slot: usize) -> wgpu::BindGroup {
         let p = self.pipeline(kernel);
         assert_eq!(buffers.len(), kernel.bindings().len(), "{kernel:?} binding count");
+        let (offset, size) = (slot as u64 * self.step_slot(), wgpu::BufferSize::new(self.step_slot()));
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
+            .zip(kernel.bindings())
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .map(|(i, (b, kind))| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: match kind {
+                    Bind::PerStep => wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset, size }),
+                    _ => b.as_entire_binding(),
+                },
+            })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&format!("{kernel:?}")),

@@ -161,7 +161,9 @@ pub struct SampleParams {
     pub vocab: u32,
     pub top_k: u32,
     pub n_penalties: u32,
-    pub _p0: u32,
+    /// Where in the ids buffer the chosen id is also kept (sample.wgsl's `keep`): its step's
+    /// slot of the submission's readback.
+    pub keep: u32,
     pub temperature: f32,
     pub top_p: f32,
     pub min_p: f32,
@@ -171,6 +173,9 @@ pub struct SampleParams {
     pub frequency_penalty: f32,
     pub _p1: f32,
 }
+
+// Per-step uniforms (Gpu::step_slot) have 64 bytes a slot at least.
+const _: () = assert!(size_of::<SampleParams>() <= 64 && size_of::<Step>() <= 64);
 
 /// Rows `row0..row0+rows` of a weight matrix in one GPU buffer (large tensors are split so
 /// that no binding exceeds the adapter's maxStorageBufferBindingSize).
@@ -334,7 +339,8 @@ struct Op {
     /// What the op computes, for profiles ("Linear(Q4_1) attn_q", "Attention(1)").
     label: String,
     kernel: Kernel,
-    bind_group: wgpu::BindGroup,
+    /// One per step slot of a submission (Builder::slots).
+    bind_groups: Vec<wgpu::BindGroup>,
     /// A split matmul's bindings: its sums go to the split scratch, not to y.
     split_bind: Option<wgpu::BindGroup>,
     grid: Grid,
@@ -416,8 +422,9 @@ pub struct Pending {
     encode_ms: f64,
 }
 
-/// Sampling steps one submission may hold (Transformer::submit_steps).
-pub const MAX_STEPS_PER_SUBMIT: usize = 8;
+/// Sampling steps one submission may hold (Transformer::submit_steps): one per slot of the
+/// per-step uniforms.
+pub const MAX_STEPS_PER_SUBMIT: usize = crate::gpu::STEP_SLOTS as usize;
 /// Submissions of sampling steps a generation keeps made and not yet read back: one runs
 /// while the one before it is read. (Three measured no faster in Chrome on the H100.)
 pub const SUBMITS_IN_FLIGHT: usize = 2;
@@ -484,13 +491,9 @@ pub struct Transformer {
     pub logits: wgpu::Buffer,
     sample_params: wgpu::Buffer,
     penalties: wgpu::Buffer,
-    result: wgpu::Buffer,
     /// Readback slots, one per submission in flight (SUBMITS_IN_FLIGHT) holding its
     /// steps' ids, so one submission's ids can be read while later ones run.
     result_staging: Vec<wgpu::Buffer>,
-    /// Per-step uniforms of a submission of several steps (Transformer::submit_steps).
-    step_table: wgpu::Buffer,
-    params_table: wgpu::Buffer,
     next_slot: std::cell::Cell<usize>,
     /// Bytes of weights in the file (GPU memory's yardstick), and of KV cache.
     pub weight_bytes: u64,
@@ -518,6 +521,9 @@ struct Builder<'a> {
     slabs: Option<Slabs>,
     /// The steps that the ops pushed now run in.
     when: When,
+    /// Step slots of a submission the ops run in (a bind group each): 1 for prefill and
+    /// kernel tests, STEP_SLOTS for decode and the choice of the next token.
+    slots: usize,
     ops: Vec<Op>,
 }
 
@@ -599,7 +605,7 @@ impl Builder<'_> {
             let kernel = Kernel::MatVec(m.ty, lanes, group_rows, at.merged_heads.is_some());
             let (res_in, res_out) = at.post.unwrap_or((self.dummy, self.dummy_out));
             let bind = [&p.buffer, at.x, at.y, at.bias.unwrap_or(self.dummy), &params, self.step, at.norm.map_or(self.dummy, |n| n.0), res_in, res_out];
-            let bg = self.gpu.bind_group(kernel, &bind);
+            let bg = self.bind(kernel, &bind);
             // Only plain products split (the fused norms need whole rows), and never into
             // the buffer they read or write.
             let scratch = self.split_scratch.as_ref().filter(|s| flags & (NORM | POST | GLU | LAST_TOKEN) == 0 && s.buffer != at.x && s.buffer != at.y);
@@ -611,7 +617,7 @@ impl Builder<'_> {
                     &WParams { k: m.k as u32, rows, scale_base: p.scale_base, out_offset: 0, out_stride: rows, flags: 0, eps: 0.0, split_k: split_k as u32 },
                 );
                 let bind = [&p.buffer, at.x, s.buffer, self.dummy, &params, self.step, self.dummy, self.dummy, self.dummy_out];
-                self.gpu.bind_group(kernel, &bind)
+                self.gpu.bind_group(kernel, &bind, 0)
             });
             let fused = match (at.post, at.norm) {
                 (Some(_), _) => "post+norm+",
@@ -624,7 +630,7 @@ impl Builder<'_> {
             let label = format!("Linear({:?}) {merge}{fused}{}{glu_name}", m.ty, role(&m.name));
             let grid = Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, splits, glu };
             // (Fields, not push: scratch still borrows self.split_scratch.)
-            self.ops.push(Op { label, kernel, bind_group: bg, split_bind, grid, when: self.when });
+            self.ops.push(Op { label, kernel, bind_groups: bg, split_bind, grid, when: self.when });
             if splits > 1 && at.sum_next && m.parts.len() == 1 {
                 self.slabs = Some(Slabs { splits, accumulate: flags & ACCUMULATE != 0, bias: at.bias.is_some() });
             } else if let Some(s) = scratch.filter(|_| splits > 1) {
@@ -632,9 +638,9 @@ impl Builder<'_> {
                 let sflags = flags & (ACCUMULATE | BIAS);
                 let params = self.gpu.uniform("sparams", &SParams { rows, splits, out_offset, out_stride: at.out_stride as u32, flags: sflags, _p: [0; 3] });
                 let bind = [s.buffer, at.y, at.bias.unwrap_or(self.dummy), &params, self.step];
-                let bind_group = self.gpu.bind_group(Kernel::SplitSum, &bind);
+                let bind_groups = self.bind(Kernel::SplitSum, &bind);
                 let label = format!("SplitSum({splits}) {}", role(&m.name));
-                self.ops.push(Op { label, kernel: Kernel::SplitSum, bind_group, split_bind: None, grid: Grid::SplitSum(rows), when: self.when });
+                self.ops.push(Op { label, kernel: Kernel::SplitSum, bind_groups, split_bind: None, grid: Grid::SplitSum(rows), when: self.when });
             }
         }
     }
@@ -675,7 +681,7 @@ impl Builder<'_> {
             _ => (flags, 0, self.dummy),
         };
         let params = self.gpu.uniform("nparams", &NParams { n: n as u32, flags, eps, splits });
-        let bg = self.gpu.bind_group(Kernel::RmsNorm, &[x, w, y, &params, self.step, normed, slabs]);
+        let bg = self.bind(Kernel::RmsNorm, &[x, w, y, &params, self.step, normed, slabs]);
         let label = if splits > 0 { format!("{label} +{splits} slabs") } else { label.into() };
         self.push(label, Kernel::RmsNorm, bg, None, Grid::Rows);
     }
@@ -694,18 +700,23 @@ impl Builder<'_> {
         let label = if params.splits > 0 { format!("RopeKv +{} slabs", params.splits) } else { "RopeKv".into() };
         let params = self.gpu.uniform("pparams", &params);
         let buffers = [qkv, norm_w, freqs, k_cache, v_cache, &params, self.step, slabs, bias.unwrap_or(self.dummy)];
-        let bind_group = self.gpu.bind_group(Kernel::RopeKv, &buffers);
-        self.push(label, Kernel::RopeKv, bind_group, None, Grid::PerToken(n_heads));
+        let bind_groups = self.bind(Kernel::RopeKv, &buffers);
+        self.push(label, Kernel::RopeKv, bind_groups, None, Grid::PerToken(n_heads));
     }
 
     fn op(&mut self, kernel: Kernel, buffers: &[&wgpu::Buffer], grid: Grid) {
         assert!(self.slabs.is_none(), "{kernel:?} after a split matmul whose slabs nothing added up");
-        let bg = self.gpu.bind_group(kernel, buffers);
+        let bg = self.bind(kernel, buffers);
         self.push(format!("{kernel:?}"), kernel, bg, None, grid);
     }
 
-    fn push(&mut self, label: String, kernel: Kernel, bind_group: wgpu::BindGroup, split_bind: Option<wgpu::BindGroup>, grid: Grid) {
-        self.ops.push(Op { label, kernel, bind_group, split_bind, grid, when: self.when });
+    /// The op's bind groups, one per step slot.
+    fn bind(&self, kernel: Kernel, buffers: &[&wgpu::Buffer]) -> Vec<wgpu::BindGroup> {
+        (0..self.slots).map(|slot| self.gpu.bind_group(kernel, buffers, slot)).collect()
+    }
+
+    fn push(&mut self, label: String, kernel: Kernel, bind_groups: Vec<wgpu::BindGroup>, split_bind: Option<wgpu::BindGroup>, grid: Grid) {
+        self.ops.push(Op { label, kernel, bind_groups, split_bind, grid, when: self.when });
     }
 }
 
@@ -848,8 +859,10 @@ impl Transformer {
             gu: g.storage("gate_up", f32s(max_batch * 2 * cfg.n_ff))?,
             ff: g.storage("ffn", f32s(max_batch * cfg.n_ff))?,
         };
-        let step = g.uniform("step", &Step { n_tok: 0, pos0: 0, splits: 1, chunk: 1 });
-        let ids = g.storage("ids", (max_batch * 4) as u64)?;
+        let step = g.per_step_uniform("step", &Step { n_tok: 0, pos0: 0, splits: 1, chunk: 1 });
+        // A step's token ids, then each sampling step's choice of a submission (sample.wgsl's
+        // `keep`), read back together.
+        let ids = g.storage("ids", ((max_batch + MAX_STEPS_PER_SUBMIT) * 4) as u64)?;
         let dummy = g.storage("dummy", 16)?;
         let dummy_out = g.storage("dummy", 16)?;
 
@@ -869,8 +882,8 @@ impl Transformer {
         // Prefill's split matmuls (attention's projections, ffn_down) keep their slabs in the
         // gate/up buffer, which holds nothing live outside the FFN's first half.
         let split_scratch = SplitScratch { buffer: &act.gu, floats: max_batch * 2 * cfg.n_ff, max_tokens: max_batch };
-        let mut pre = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, when: When::Always, ops: Vec::new() };
-        let mut dec = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: None, slabs: None, when: When::Always, ops: Vec::new() };
+        let mut pre = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, when: When::Always, slots: 1, ops: Vec::new() };
+        let mut dec = Builder { gpu: g, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: None, slabs: None, when: When::Always, slots: MAX_STEPS_PER_SUBMIT, ops: Vec::new() };
         for p in &embd.parts {
             let params = g.uniform(
                 "eparams",
@@ -1094,18 +1107,17 @@ impl Transformer {
         dec.linear(head, &to_logits(residual, Some((&out_norm, cfg.rms_eps)), LAST_TOKEN));
         let head_decode = std::mem::take(&mut dec.ops);
 
-        let sample_params = g.uniform("sparams", &SampleParams::default());
-        let [partials, result, penalties, cand, counts] = sampler_buffers(g, cfg.vocab)?;
-        let sbind = [&logits, &partials, &result, &penalties, &sample_params, &cand, &counts];
-        let mut b = pre;
+        let sample_params = g.per_step_uniform("sparams", &SampleParams::default());
+        let [partials, penalties, cand, counts] = sampler_buffers(g, cfg.vocab)?;
+        // The choice goes straight to the next step's input.
+        let sbind = [&logits, &partials, &ids, &penalties, &sample_params, &cand, &counts];
+        let mut b = Builder { slots: MAX_STEPS_PER_SUBMIT, ..pre };
         b.op(Kernel::ArgmaxPartial, &sbind, Grid::Fixed((cfg.vocab as u32).div_ceil(ARGMAX_CHUNK)));
         b.op(Kernel::ArgmaxFinal, &sbind, Grid::Fixed(1));
         let greedy = std::mem::take(&mut b.ops);
         push_sampling(&mut b, &sbind, cfg.vocab as u32);
         let sample = std::mem::take(&mut b.ops);
         let result_staging = (0..SUBMITS_IN_FLIGHT).map(|_| g.readback_buffer("result", 4 * MAX_STEPS_PER_SUBMIT as u64)).collect();
-        let step_table = g.storage("step table", (MAX_STEPS_PER_SUBMIT * size_of::<Step>()) as u64)?;
-        let params_table = g.storage("sampling table", (MAX_STEPS_PER_SUBMIT * size_of::<SampleParams>()) as u64)?;
         // Compile now every pipeline a prefill may pick (matmul tiles depend on the chunk's
         // length), not at the first prompt of each length; and every pipeline decode and
         // token choice use, merging key splits or not: a shader the adapter's compiler
@@ -1146,10 +1158,7 @@ impl Transformer {
             logits,
             sample_params,
             penalties,
-            result,
             result_staging,
-            step_table,
-            params_table,
             next_slot: Default::default(),
             weight_bytes,
             kv_bytes,
@@ -1212,7 +1221,7 @@ impl Transformer {
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            encode(&self.gpu, &mut pass, self.plan(tokens.len(), logits).into_iter().flatten(), shape);
+            encode(&self.gpu, &mut pass, self.plan(tokens.len(), logits).into_iter().flatten(), shape, 0);
         }
         self.gpu.queue.submit([enc.finish()]);
         if logits != Logits::All {
@@ -1304,35 +1313,35 @@ impl Transformer {
                 params.iter().map(|p| SampleParams { vocab, n_penalties: pens.len() as u32, ..*p }).collect()
             }
         };
-        let steps: Vec<(Shape, Step)> = (0..n).map(|i| self.shape(if i == 0 { first.len() } else { 1 }, pos_of(i))).collect();
-        // A queue write lands before the whole submission, so further steps' uniforms come
-        // from tables, copied into place before each step.
-        if n == 1 {
-            self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&steps[0].1));
-            self.gpu.queue.write_buffer(&self.sample_params, 0, bytemuck::bytes_of(&params[0]));
-        } else {
-            let table: Vec<Step> = steps.iter().map(|s| s.1).collect();
-            self.gpu.queue.write_buffer(&self.step_table, 0, bytemuck::cast_slice(&table));
-            self.gpu.queue.write_buffer(&self.params_table, 0, bytemuck::cast_slice(&params));
-        }
+        // Each step's position and sampling parameters go to its own slot of the per-step
+        // uniforms, all in one write each.
+        let slot = self.gpu.step_slot() as usize;
+        let (mut step_bytes, mut param_bytes) = (vec![0u8; n * slot], vec![0u8; n * slot]);
+        let steps: Vec<Shape> = (0..n)
+            .map(|i| {
+                let (shape, step) = self.shape(if i == 0 { first.len() } else { 1 }, pos_of(i));
+                let p = SampleParams { keep: (self.max_batch + i) as u32, ..params[i] };
+                step_bytes[i * slot..][..size_of::<Step>()].copy_from_slice(bytemuck::bytes_of(&step));
+                param_bytes[i * slot..][..size_of::<SampleParams>()].copy_from_slice(bytemuck::bytes_of(&p));
+                shape
+            })
+            .collect();
+        self.gpu.queue.write_buffer(&self.step, 0, &step_bytes);
+        self.gpu.queue.write_buffer(&self.sample_params, 0, &param_bytes);
         let t0 = crate::engine::now_ms();
         let slot = self.next_slot.get();
         self.next_slot.set((slot + 1) % SUBMITS_IN_FLIGHT);
         let ops = if matches!(choice, Choice::Sample(..)) { &self.sample } else { &self.greedy };
+        // One pass: each step's choice is the next one's input (ids[0]) and is kept after the
+        // token ids for the one readback copy.
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        for (i, (shape, _)) in steps.iter().enumerate() {
-            if n > 1 {
-                let (s, p) = (size_of::<Step>() as u64, size_of::<SampleParams>() as u64);
-                enc.copy_buffer_to_buffer(&self.step_table, i as u64 * s, &self.step, 0, s);
-                enc.copy_buffer_to_buffer(&self.params_table, i as u64 * p, &self.sample_params, 0, p);
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for (i, shape) in steps.iter().enumerate() {
+                encode(&self.gpu, &mut pass, self.plan(shape.n_tok as usize, Logits::Last).into_iter().flatten().chain(ops), *shape, i);
             }
-            {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                encode(&self.gpu, &mut pass, self.plan(shape.n_tok as usize, Logits::Last).into_iter().flatten().chain(ops), *shape);
-            }
-            enc.copy_buffer_to_buffer(&self.result, 0, &self.ids, 0, 4);
-            enc.copy_buffer_to_buffer(&self.result, 0, &self.result_staging[slot], i as u64 * 4, 4);
         }
+        enc.copy_buffer_to_buffer(&self.ids, self.max_batch as u64 * 4, &self.result_staging[slot], 0, n as u64 * 4);
         let at = self.gpu.queue.submit([enc.finish()]);
         Ok(Pending { slot, steps: n, at, encode_ms: crate::engine::now_ms() - t0 })
     }
@@ -1395,20 +1404,20 @@ impl Transformer {
         {
             let mut pass = timed_pass(&mut enc, &queries, per_op);
             for op in &ops {
-                encode(&self.gpu, &mut pass, [*op], shape);
+                encode(&self.gpu, &mut pass, [*op], shape, 0);
             }
         }
         if in_pass {
             let mut pass = enc.begin_compute_pass(&Default::default());
             pass.write_timestamp(&queries, 0);
             for (i, op) in ops.iter().enumerate() {
-                encode(&self.gpu, &mut pass, [*op], shape);
+                encode(&self.gpu, &mut pass, [*op], shape, 0);
                 pass.write_timestamp(&queries, i as u32 + 1);
             }
         } else {
             for (i, op) in ops.iter().enumerate() {
                 let mut pass = timed_pass(&mut enc, &queries, i as u32 * 2);
-                encode(&self.gpu, &mut pass, [*op], shape);
+                encode(&self.gpu, &mut pass, [*op], shape, 0);
             }
         }
         enc.resolve_query_set(&queries, 0..n, &resolved, 0);
@@ -1501,7 +1510,8 @@ fn dispatch_of(gpu: &Gpu, op: &Op, shape: Shape) -> Option<(Kernel, [u32; 3])> {
     grid.iter().all(|&n| n > 0).then_some((kernel, grid))
 }
 
-fn encode<'o>(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: impl IntoIterator<Item = &'o Op>, shape: Shape) {
+/// `slot` picks the bind groups of a submission's step (its slots of the per-step uniforms).
+fn encode<'o>(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: impl IntoIterator<Item = &'o Op>, shape: Shape, slot: usize) {
     // A pipeline is set only where it changes: in a browser every command is work for the
     // GPU process, whose time per dispatch bounds small models' decode.
     let mut set = None;
@@ -1514,7 +1524,7 @@ fn encode<'o>(gpu: &Gpu, pass: &mut wgpu::ComputePass, ops: impl IntoIterator<It
         // A matmul over several workgroups in z is a split one.
         let bind_group = match &op.split_bind {
             Some(b) if z > 1 => b,
-            _ => &op.bind_group,
+            _ => &op.bind_groups[slot],
         };
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
@@ -1526,7 +1536,7 @@ fn submit_ops(gpu: &Gpu, ops: &[Op], n_tok: u32) {
     let mut enc = gpu.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());
-        encode(gpu, &mut pass, ops, Shape { n_tok, splits: 1, merged: false });
+        encode(gpu, &mut pass, ops, Shape { n_tok, splits: 1, merged: false }, 0);
     }
     gpu.queue.submit([enc.finish()]);
 }
@@ -1534,7 +1544,7 @@ fn submit_ops(gpu: &Gpu, ops: &[Op], n_tok: u32) {
 /// Applies one weight matrix to `n_tok` rows of `x` through the same kernels the model uses
 /// (matvec for one token, matmul for more). For kernel tests and diagnostics.
 pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Result<Vec<f32>> {
-    let step = gpu.uniform("step", &Step { n_tok: n_tok as u32, pos0: 0, splits: 1, chunk: 1 });
+    let step = gpu.per_step_uniform("step", &Step { n_tok: n_tok as u32, pos0: 0, splits: 1, chunk: 1 });
     let dummy = gpu.storage("dummy", 16)?;
     let dummy_out = gpu.storage("dummy", 16)?;
     let xb = gpu.storage_init("x", bytemuck::cast_slice(x))?;
@@ -1542,7 +1552,7 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
     let floats = n_tok * m.rows * m.k / crate::gpu::MIN_SPLIT_COLUMNS;
     let scratch = gpu.storage("split scratch", (floats * 4) as u64)?;
     let split_scratch = SplitScratch { buffer: &scratch, floats, max_tokens: n_tok };
-    let mut b = Builder { gpu, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, when: When::Always, ops: Vec::new() };
+    let mut b = Builder { gpu, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, when: When::Always, slots: 1, ops: Vec::new() };
     b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, post: None, flags: 0, sum_next: false, merged_heads: None });
     submit_ops(gpu, &b.ops, n_tok as u32);
     let bytes = gpu.read(&y, 0, (n_tok * m.rows * 4) as u64).await?;
@@ -1552,11 +1562,10 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
 /// sample.wgsl's buffers beside the logits and parameters: chunk maxima, the chosen id,
 /// penalties, the top-k candidates (per chunk its slots, then the gathered list: (value,
 /// index) each), their count per chunk and the bounds that select them.
-fn sampler_buffers(g: &Gpu, vocab: usize) -> Result<[wgpu::Buffer; 5]> {
+fn sampler_buffers(g: &Gpu, vocab: usize) -> Result<[wgpu::Buffer; 4]> {
     let chunks = vocab.div_ceil(CAND_CHUNK as usize);
     Ok([
         g.storage("partials", (vocab as u64).div_ceil(ARGMAX_CHUNK as u64) * 8)?,
-        g.storage("result", 16)?,
         g.storage("penalties", (MAX_PENALTIES * 8) as u64)?,
         g.storage("candidates", (2 * chunks * CAND_CHUNK as usize * 8) as u64)?,
         // Per candidate chunk its count, then per argmax chunk sample_prepare's bound.
@@ -1576,13 +1585,14 @@ fn push_sampling(b: &mut Builder, bind: &[&wgpu::Buffer; 7], vocab: u32) {
 /// Runs the GPU sampler on `logits` (one row); for tests against `sampling::sample_reference`.
 pub async fn apply_sampler(gpu: &Gpu, logits: &[f32], p: &SampleParams, penalties: &[[u32; 2]]) -> Result<u32> {
     let lb = gpu.storage_init("logits", bytemuck::cast_slice(logits))?;
-    let [partials, result, pens, cand, counts] = sampler_buffers(gpu, logits.len())?;
+    let [partials, pens, cand, counts] = sampler_buffers(gpu, logits.len())?;
+    let result = gpu.storage("result", 16)?;
     if !penalties.is_empty() {
         gpu.queue.write_buffer(&pens, 0, bytemuck::cast_slice(penalties));
     }
-    let params = gpu.uniform("sparams", &SampleParams { vocab: logits.len() as u32, n_penalties: penalties.len() as u32, ..*p });
+    let params = gpu.per_step_uniform("sparams", &SampleParams { vocab: logits.len() as u32, n_penalties: penalties.len() as u32, ..*p });
     let dummy = gpu.storage("dummy", 16)?;
-    let mut b = Builder { gpu, step: &dummy, dummy: &dummy, dummy_out: &dummy, split_scratch: None, slabs: None, when: When::Always, ops: Vec::new() };
+    let mut b = Builder { gpu, step: &dummy, dummy: &dummy, dummy_out: &dummy, split_scratch: None, slabs: None, when: When::Always, slots: 1, ops: Vec::new() };
     push_sampling(&mut b, &[&lb, &partials, &result, &pens, &params, &cand, &counts], logits.len() as u32);
     submit_ops(gpu, &b.ops, 1);
     let bytes = gpu.read(&result, 0, 4).await?;
