@@ -5,6 +5,7 @@
 //! UTF-8 boundaries.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence as NormSeq};
@@ -44,10 +45,11 @@ pub enum Kind {
 
 pub struct Tokenizer {
     pub kind: Kind,
-    /// Control tokens are parsed from text (trusted prompts, chat templates).
-    with_special: tokenizers::Tokenizer,
-    /// Control tokens are tokenized as plain text (untrusted text such as page content).
-    without_special: tokenizers::Tokenizer,
+    /// Whether control tokens are parsed from text (trusted prompts, chat templates) or
+    /// tokenized as plain text (untrusted text such as page content) is a flag of the
+    /// tokenizer, set per call: a second copy for the other setting held Gemma 3's 262144
+    /// pieces and 513511 merges twice.
+    tk: Mutex<tokenizers::Tokenizer>,
     pieces: Vec<Vec<u8>>,
     control: Vec<bool>,
     pub bos: Option<u32>,
@@ -119,8 +121,19 @@ impl Tokenizer {
         if types.len() != n {
             return Err(Error::Corrupt(format!("{} token types for {n} tokens", types.len())));
         }
-        let vocab: HashMap<String, u32> = texts.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        // The crate's own map type (a faster hash than std's, which dominated this in wasm),
+        // built once: the SentencePiece merges below look pieces up in it, then it moves into
+        // the BPE model.
+        let vocab: tokenizers::models::bpe::Vocab = texts.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let id = |k: &str| g.get_u64(k).map(|v| v as u32).filter(|&v| (v as usize) < n);
+        let eos = id("tokenizer.ggml.eos_token_id");
+        let mut eog: Vec<u32> = [eos, id("tokenizer.ggml.eot_token_id"), id("tokenizer.ggml.eom_token_id")]
+            .into_iter()
+            .flatten()
+            .chain(EOG_TEXTS.iter().filter_map(|t| vocab.get(*t).copied()))
+            .collect();
+        eog.sort_unstable();
+        eog.dedup();
         let kind = match model {
             "gpt2" => Kind::Bpe,
             "llama" => Kind::Spm,
@@ -140,7 +153,7 @@ impl Tokenizer {
                     .filter_map(|m| m.as_str()?.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
                     .collect();
                 let bpe = BPE::builder()
-                    .vocab_and_merges(vocab.iter().map(|(k, v)| (k.clone(), *v)).collect::<tokenizers::models::bpe::Vocab>(), merges)
+                    .vocab_and_merges(vocab, merges)
                     .ignore_merges(false)
                     .build()
                     .map_err(|e| Error::Tokenizer(e.to_string()))?;
@@ -178,7 +191,7 @@ impl Tokenizer {
                 }
                 merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
                 let merges = merges.into_iter().map(|(_, _, a, b)| (a, b)).collect();
-                let mut builder = BPE::builder().vocab_and_merges(vocab.iter().map(|(k, v)| (k.clone(), *v)).collect::<tokenizers::models::bpe::Vocab>(), merges).byte_fallback(true);
+                let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
                 if let Some(unk) = id("tokenizer.ggml.unknown_token_id") {
                     builder = builder.unk_token(texts[unk as usize].clone());
                 }
@@ -200,8 +213,6 @@ impl Tokenizer {
             .map(|(i, t)| AddedToken::from(t.clone(), types[i] == TYPE_CONTROL).normalized(false))
             .collect();
         tk.add_special_tokens(&added);
-        let mut without_special = tk.clone();
-        without_special.set_encode_special_tokens(true);
 
         let byte_map = byte_level_decoder();
         let pieces = texts
@@ -214,18 +225,9 @@ impl Tokenizer {
             })
             .collect();
         let control: Vec<bool> = types.iter().map(|&t| t == TYPE_CONTROL).collect();
-        let eos = id("tokenizer.ggml.eos_token_id");
-        let mut eog: Vec<u32> = [eos, id("tokenizer.ggml.eot_token_id"), id("tokenizer.ggml.eom_token_id")]
-            .into_iter()
-            .flatten()
-            .collect();
-        eog.extend(EOG_TEXTS.iter().filter_map(|t| vocab.get(*t).copied()));
-        eog.sort_unstable();
-        eog.dedup();
         Ok(Tokenizer {
             kind,
-            with_special: tk,
-            without_special,
+            tk: Mutex::new(tk),
             pieces,
             control,
             bos: id("tokenizer.ggml.bos_token_id"),
@@ -244,7 +246,8 @@ impl Tokenizer {
     /// `<|im_start|>`) become control ids; keep it off for untrusted text. `add_bos`
     /// prepends BOS when the model asks for it.
     pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<u32>> {
-        let tk = if parse_special { &self.with_special } else { &self.without_special };
+        let mut tk = self.tk.lock().unwrap_or_else(|e| e.into_inner());
+        tk.set_encode_special_tokens(!parse_special);
         let enc = tk.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos && self.add_bos {
@@ -274,7 +277,7 @@ impl Tokenizer {
     }
 
     pub fn id_of(&self, text: &str) -> Option<u32> {
-        self.with_special.token_to_id(text)
+        self.tk.lock().unwrap_or_else(|e| e.into_inner()).token_to_id(text)
     }
 
     /// Decodes ids to text, dropping control tokens (lossy only for invalid UTF-8).
