@@ -1,8 +1,8 @@
-// Where a browser's time goes while the wasm engine decodes: a Chrome trace (startup tracing,
-// JSON) over a few greedy generations, summarised per thread for the last one: how busy the
-// GPU process's and the page's main threads were, and on what. This found that the GPU
-// process, not the GPU, set SmolLM2's pace in Chrome, and that submissions stayed small
-// (BENCHMARKS.md, session 14). Usage:
+// Where a browser's time goes while the wasm engine loads a model and decodes: a Chrome trace
+// (startup tracing, JSON) over the load and a few greedy generations, summarised per thread
+// for the load and the last generation: how busy the GPU process's and the page's main
+// threads were, and on what. This found that the GPU process, not the GPU, set SmolLM2's
+// pace in Chrome, and that submissions stayed small (BENCHMARKS.md, session 14). Usage:
 //   node scripts/trace-browser.mjs [MODEL.gguf] [--gen 400] [--runs 4] [--trace FILE]
 // (CHROMIUM_FLAGS / CHROMIUM_HEADFUL as for bench-browser, to reach a real GPU.)
 import fs from 'node:fs';
@@ -34,7 +34,10 @@ try {
   rates = await page.evaluate(async ({ gen, runs }) => {
     const m = await import('/dist/extension/wasm/gloss_wasm.js');
     await m.default();
-    const engine = await m.GlossEngine.load(await (await fetch('/bench-model.gguf')).blob(), { context: 512 });
+    const blob = await (await fetch('/bench-model.gguf')).blob();
+    performance.mark('load-start');
+    const engine = await m.GlossEngine.load(blob, { context: 512 });
+    performance.mark('load-end');
     const ids = Array.from(engine.tokenize('The GNU General Public License is a free, copyleft license for software and other kinds of works.', true, true));
     const out = [];
     for (let i = 0; i < runs; i++) {
@@ -62,36 +65,39 @@ for (const e of events) {
   if (e.ph === 'M' && e.name === 'thread_name') names.set(`${e.pid}/${e.tid}`, e.args.name);
 }
 const mark = (n) => events.find((e) => e.name === n)?.ts;
-const [lo, hi] = [mark(`gen-start-${runs - 1}`), mark(`gen-end-${runs - 1}`)];
-if (lo === undefined || hi === undefined) throw new Error('the last generation fell outside the trace: raise --seconds');
-const threads = new Map();
-for (const e of events) {
-  if (e.ph !== 'X' || e.ts >= hi || e.ts + e.dur <= lo) continue;
-  const k = `${e.pid}/${e.tid}`;
-  if (!threads.has(k)) threads.set(k, []);
-  threads.get(k).push(e);
+// Per thread, over one window: how long it was busy (the union of its events) and on what.
+function summarise(title, lo, hi) {
+  if (lo === undefined || hi === undefined) throw new Error(`${title} fell outside the trace: raise --seconds`);
+  const threads = new Map();
+  for (const e of events) {
+    if (e.ph !== 'X' || e.ts >= hi || e.ts + e.dur <= lo) continue;
+    const k = `${e.pid}/${e.tid}`;
+    if (!threads.has(k)) threads.set(k, []);
+    threads.get(k).push(e);
+  }
+  const summary = [...threads].map(([k, es]) => {
+    es.sort((a, b) => a.ts - b.ts || b.dur - a.dur);
+    let busy = 0;
+    let end = lo;
+    for (const e of es) {
+      const b = Math.min(e.ts + e.dur, hi);
+      if (b > end) { busy += b - Math.max(e.ts, end); end = b; }
+    }
+    return { k, busy, es };
+  }).sort((a, b) => b.busy - a.busy);
+  console.log(`\n== ${title}: ${((hi - lo) / 1000).toFixed(1)} ms`);
+  for (const { k, busy, es } of summary.slice(0, 4)) {
+    console.log(`\n${names.get(k.split('/')[0]) ?? k} / ${names.get(k) ?? k}: busy ${(busy / 1000).toFixed(1)} ms`);
+    const by = new Map();
+    for (const e of es) {
+      const a = by.get(e.name) ?? { n: 0, ms: 0, max: 0 };
+      a.n++; a.ms += (Math.min(e.ts + e.dur, hi) - Math.max(e.ts, lo)) / 1000; a.max = Math.max(a.max, e.dur / 1000);
+      by.set(e.name, a);
+    }
+    for (const [name, a] of [...by].sort((x, y) => y[1].ms - x[1].ms).slice(0, 8)) {
+      console.log(`  ${a.ms.toFixed(1).padStart(8)} ms ${String(a.n).padStart(5)}x  max ${a.max.toFixed(2).padStart(6)} ms  ${name}`);
+    }
+  }
 }
-const summary = [...threads].map(([k, es]) => {
-  es.sort((a, b) => a.ts - b.ts || b.dur - a.dur);
-  // Busy: the union of the thread's events within the window.
-  let busy = 0;
-  let end = lo;
-  for (const e of es) {
-    const b = Math.min(e.ts + e.dur, hi);
-    if (b > end) { busy += b - Math.max(e.ts, end); end = b; }
-  }
-  return { k, busy, es };
-}).sort((a, b) => b.busy - a.busy);
-console.log(`last generation: ${((hi - lo) / 1000).toFixed(1)} ms`);
-for (const { k, busy, es } of summary.slice(0, 4)) {
-  console.log(`\n${names.get(k.split('/')[0]) ?? k} / ${names.get(k) ?? k}: busy ${(busy / 1000).toFixed(1)} ms`);
-  const by = new Map();
-  for (const e of es) {
-    const a = by.get(e.name) ?? { n: 0, ms: 0, max: 0 };
-    a.n++; a.ms += (Math.min(e.ts + e.dur, hi) - Math.max(e.ts, lo)) / 1000; a.max = Math.max(a.max, e.dur / 1000);
-    by.set(e.name, a);
-  }
-  for (const [name, a] of [...by].sort((x, y) => y[1].ms - x[1].ms).slice(0, 8)) {
-    console.log(`  ${a.ms.toFixed(1).padStart(8)} ms ${String(a.n).padStart(5)}x  max ${a.max.toFixed(2).padStart(6)} ms  ${name}`);
-  }
-}
+summarise('load', mark('load-start'), mark('load-end'));
+summarise('last generation', mark(`gen-start-${runs - 1}`), mark(`gen-end-${runs - 1}`));
