@@ -451,16 +451,19 @@ impl Gpu {
     }
 
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        let size = (std::mem::size_of::<T>() as u64).next_multiple_of(16);
+        let b = self.uniform_buffer(label, (std::mem::size_of::<T>() as u64).next_multiple_of(16));
+        self.queue.write_buffer(&b, 0, bytemuck::bytes_of(value));
+        b
+    }
+
+    fn uniform_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {
         self.allocated.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        });
-        self.queue.write_buffer(&b, 0, bytemuck::bytes_of(value));
-        b
+        })
     }
 
     /// Bytes between the slots of a per-step uniform: room for the largest (sampling's
@@ -471,18 +474,13 @@ impl Gpu {
 
     /// A per-step uniform (Bind::PerStep), every slot holding `value`.
     pub fn per_step_uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        let slot = self.step_slot();
-        let size = slot * STEP_SLOTS as u64;
-        self.allocated.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-        let b = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        for i in 0..STEP_SLOTS as u64 {
-            self.queue.write_buffer(&b, i * slot, bytemuck::bytes_of(value));
+        let slot = self.step_slot() as usize;
+        let mut bytes = vec![0u8; slot * STEP_SLOTS as usize];
+        for chunk in bytes.chunks_exact_mut(slot) {
+            chunk[..size_of::<T>()].copy_from_slice(bytemuck::bytes_of(value));
         }
+        let b = self.uniform_buffer(label, bytes.len() as u64);
+        self.queue.write_buffer(&b, 0, &bytes);
         b
     }
 
