@@ -474,14 +474,19 @@ impl Gpu {
 
     /// A per-step uniform (Bind::PerStep), every slot holding `value`.
     pub fn per_step_uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        let slot = self.step_slot() as usize;
-        let mut bytes = vec![0u8; slot * STEP_SLOTS as usize];
-        for chunk in bytes.chunks_exact_mut(slot) {
-            chunk[..size_of::<T>()].copy_from_slice(bytemuck::bytes_of(value));
-        }
-        let b = self.uniform_buffer(label, bytes.len() as u64);
-        self.queue.write_buffer(&b, 0, &bytes);
+        let b = self.uniform_buffer(label, self.step_slot() * STEP_SLOTS as u64);
+        self.write_slots(&b, &[*value; STEP_SLOTS as usize]);
         b
+    }
+
+    /// Writes `values[i]` into slot i of a per-step uniform, all in one queue write.
+    pub fn write_slots<T: bytemuck::Pod>(&self, buffer: &wgpu::Buffer, values: &[T]) {
+        let slot = self.step_slot() as usize;
+        let mut bytes = vec![0u8; slot * values.len()];
+        for (chunk, v) in bytes.chunks_exact_mut(slot).zip(values) {
+            chunk[..size_of::<T>()].copy_from_slice(bytemuck::bytes_of(v));
+        }
+        self.queue.write_buffer(buffer, 0, &bytes);
     }
 
     pub fn readback_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {

@@ -1234,11 +1234,7 @@ impl Transformer {
     /// Writes the step's token ids and shape; returns what encoding it needs to know.
     fn write_step(&self, tokens: &[u32], pos0: usize) -> Shape {
         self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
-        self.write_shape(tokens.len(), pos0)
-    }
-
-    fn write_shape(&self, n_tok: usize, pos0: usize) -> Shape {
-        let (shape, step) = self.shape(n_tok, pos0);
+        let (shape, step) = self.shape(tokens.len(), pos0);
         self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
         shape
     }
@@ -1314,20 +1310,11 @@ impl Transformer {
             }
         };
         // Each step's position and sampling parameters go to its own slot of the per-step
-        // uniforms, all in one write each.
-        let slot = self.gpu.step_slot() as usize;
-        let (mut step_bytes, mut param_bytes) = (vec![0u8; n * slot], vec![0u8; n * slot]);
-        let steps: Vec<Shape> = (0..n)
-            .map(|i| {
-                let (shape, step) = self.shape(if i == 0 { first.len() } else { 1 }, pos_of(i));
-                let p = SampleParams { keep: (self.max_batch + i) as u32, ..params[i] };
-                step_bytes[i * slot..][..size_of::<Step>()].copy_from_slice(bytemuck::bytes_of(&step));
-                param_bytes[i * slot..][..size_of::<SampleParams>()].copy_from_slice(bytemuck::bytes_of(&p));
-                shape
-            })
-            .collect();
-        self.gpu.queue.write_buffer(&self.step, 0, &step_bytes);
-        self.gpu.queue.write_buffer(&self.sample_params, 0, &param_bytes);
+        // uniforms; its choice is also kept at its slot of the readback.
+        let (steps, uniforms): (Vec<Shape>, Vec<Step>) = (0..n).map(|i| self.shape(if i == 0 { first.len() } else { 1 }, pos_of(i))).unzip();
+        let params: Vec<SampleParams> = params.iter().enumerate().map(|(i, p)| SampleParams { keep: (self.max_batch + i) as u32, ..*p }).collect();
+        self.gpu.write_slots(&self.step, &uniforms);
+        self.gpu.write_slots(&self.sample_params, &params);
         let t0 = crate::engine::now_ms();
         let slot = self.next_slot.get();
         self.next_slot.set((slot + 1) % SUBMITS_IN_FLIGHT);
@@ -1559,7 +1546,7 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
     Ok(bytemuck::cast_slice(&bytes).to_vec())
 }
 
-/// sample.wgsl's buffers beside the logits and parameters: chunk maxima, the chosen id,
+/// sample.wgsl's buffers beside the logits, parameters and the chosen id: chunk maxima,
 /// penalties, the top-k candidates (per chunk its slots, then the gathered list: (value,
 /// index) each), their count per chunk and the bounds that select them.
 fn sampler_buffers(g: &Gpu, vocab: usize) -> Result<[wgpu::Buffer; 4]> {
