@@ -8,9 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { launch, ROOT } from './lib/chromium.mjs';
 import { serve } from './lib/server.mjs';
+import { flag } from './lib/args.mjs';
 
-const args = process.argv.slice(2);
-const flag = (name, dflt) => { const i = args.indexOf(`--${name}`); return i < 0 ? dflt : args[i + 1]; };
 const dispatches = Number(flag('dispatches', 150));
 const steps = Number(flag('steps', 64));
 const out = flag('out', path.join(ROOT, 'bench/dispatch-rows.jsonl'));

@@ -10,10 +10,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { launch, ROOT, MODEL } from './lib/chromium.mjs';
 import { serve } from './lib/server.mjs';
+import { flag, positional } from './lib/args.mjs';
 
-const args = process.argv.slice(2);
-const flag = (name, dflt) => { const i = args.indexOf(`--${name}`); return i < 0 ? dflt : args[i + 1]; };
-const model = path.resolve(args.find((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--')) ?? MODEL);
+const model = path.resolve(positional() ?? MODEL);
 const gen = Number(flag('gen', 400));
 const runs = Number(flag('runs', 4));
 const file = path.resolve(flag('trace', path.join(os.tmpdir(), `gloss-trace-${process.pid}.json`)));
