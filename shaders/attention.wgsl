@@ -44,28 +44,38 @@ var<workgroup> corr: array<f32, HEADS>;
 
 // Fused decode prologue (rope_kv.wgsl's work for this head): q from `qb`, and with `own` the
 // key and value of the kv head at `kb` (raw, as the QKV matvec wrote them): q/k norms,
-// rotation, and q's attention scale. Uniform control flow: every invocation calls it.
+// rotation, and q's attention scale. Everything it reads from memory (q, k, v, the norm
+// weights, the rotation's frequency) is loaded before its first barrier, so the loads
+// wait once, together. Uniform control flow: every invocation calls it.
 fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
     let lid = local_id;
     let hd = ap.head_dim;
     let kv_dim = ap.n_kv * hd;
+    let normed = (ap.flags & 4u) != 0u;
+    let i = min(lid, hd - 1u);
+    let qv = q[qb + i];
+    let kv = q[kb + i];
+    let vv = q[kb + kv_dim + i];
+    var nw = vec2<f32>(1.0);
+    if (normed) { nw = vec2<f32>(norm_w[i], norm_w[hd + i]); }
+    let rotating = lid < ap.n_rot / 2u;
+    let r = rotation(min(lid, ap.n_rot / 2u - 1u), pos, ap.n_rot, (ap.flags & 2u) != 0u);
     if (lid < hd) {
-        qs[lid] = q[qb + lid];
+        qs[lid] = qv;
         if (own) {
-            kc[lid] = q[kb + lid];
-            vc[lid] = q[kb + kv_dim + lid];
+            kc[lid] = kv;
+            vc[lid] = vv;
         }
     }
-    if ((ap.flags & 4u) != 0u) {
-        let sq = workgroup_sum(vec2<f32>(select(0.0, qs[lid] * qs[lid], lid < hd), select(0.0, kc[lid] * kc[lid], own && lid < hd)), lid);
+    if (normed) {
+        let sq = workgroup_sum(vec2<f32>(select(0.0, qv * qv, lid < hd), select(0.0, kv * kv, own && lid < hd)), lid);
         if (lid < hd) {
-            qs[lid] *= inverseSqrt(sq.x / f32(hd) + ap.eps) * norm_w[lid];
-            if (own) { kc[lid] *= inverseSqrt(sq.y / f32(hd) + ap.eps) * norm_w[hd + lid]; }
+            qs[lid] *= inverseSqrt(sq.x / f32(hd) + ap.eps) * nw.x;
+            if (own) { kc[lid] *= inverseSqrt(sq.y / f32(hd) + ap.eps) * nw.y; }
         }
     }
     workgroupBarrier();
-    if (lid < ap.n_rot / 2u) {
-        let r = rotation(lid, pos, ap.n_rot, (ap.flags & 2u) != 0u);
+    if (rotating) {
         let xq = rotated(r, qs[r.i0], qs[r.i1]);
         qs[r.i0] = xq.x;
         qs[r.i1] = xq.y;
