@@ -17,9 +17,12 @@
 //   act(gate) * up (SwiGLU / GeGLU).
 // - POST (with NORM; Gemma's norms after attention and FFN): x is the sublayer's output, and
 //   the input is the residual `res_in` plus x RMS-normalised with the first k of `norm_w`
-//   (the matvec's own norm weights follow them). Every workgroup sums x's squares first;
-//   the first row's lanes of the first workgroup write the new residual to `res_out`, a
-//   second buffer, since other workgroups still read `res_in`.
+//   (the matvec's own norm weights g follow them): r' = r + a·(x∘p), a = x's inverse RMS.
+//   Since r'∘g·w = r∘g·w + a·(x∘p∘g)·w and |r'|² = |r|² + 2a·r·(x∘p) + a²|x∘p|², a row
+//   sums those products and x's squares in its one reduction and applies a (and r''s
+//   inverse RMS) at the end: no workgroup-wide sum of x holds back the products. The
+//   first row's lanes of the first workgroup then write r' to `res_out`, a second buffer,
+//   since other workgroups still read `res_in`.
 //
 // - MERGE (decode's attention output projection; its own pipeline, MERGE_VEC4S > 1): x holds
 //   attention's key-split partials for the token (attention_partials.wgsl), and every
@@ -40,7 +43,7 @@ struct WParams {
     out_offset: u32,   // first output row this part writes (parts split large tensors)
     out_stride: u32,   // y row stride
     flags: u32,        // 1: accumulate into y, 2: add bias, 4: only the step's last token,
-                       // 8: NORM, 16: GLU, 32: POST; act in bits 8..
+                       // 8: NORM, 16: GLU; act in bits 8..
     eps: f32,
     head_dim: u32,     // MERGE: the heads' width (a matmul's columns per split)
 }
@@ -56,27 +59,13 @@ struct Step { n_tok: u32, pos0: u32, splits: u32, _p1: u32 }
 @group(0) @binding(7) var<storage, read> res_in: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> res_out: array<vec4<f32>>;
 
-// POST: x's inverse RMS, and whether this invocation writes the new residual.
-var<private> post_inv: f32;
-var<private> post_keep: bool;
-
-// x's inverse RMS over the row at xb, summed by the whole workgroup: every invocation must
-// call it.
-fn inverse_rms(xb: u32, n4: u32, lid: u32) -> f32 {
-    var s = 0.0;
-    for (var g = lid; g < n4; g += 256u) {
-        let v = x[xb + g];
-        s += dot(v, v);
-    }
-    return inverseSqrt(workgroup_sum(vec2<f32>(s, 0.0), lid).x / f32(wp.k) + wp.eps);
-}
-
 #include activation
-#include workgroup_sum
 #include attention_partials
 
 // The size of MERGE's workgroup memory, set only in its pipeline (other matvecs hold none).
 override MERGE_VEC4S: u32 = 1u;
+// Set only in POST's pipelines, so other matvecs compile without its path.
+override POST: bool = false;
 var<workgroup> xm: array<vec4<f32>, MERGE_VEC4S>;  // the merged attention output
 
 // The max of split s of the n at `base` (past the splits, whose last is read again so the
@@ -159,29 +148,43 @@ fn weights4(r: u32, g: u32, n4: u32, glu: bool) -> Weights4 {
     return out;
 }
 
-// Those weights against x: (dot, dot with the up row, sum of squares of x); zero past the
-// row's end.
-fn apply4(wt: Weights4, xb: u32, g: u32, n4: u32, norm: bool, glu: bool, post: bool) -> vec3<f32> {
+// Those weights against x, as a row's sums (zero past the row's end): `a` = (dot, dot with
+// the up row, sum of squares of x), or with POST `a` = (both dots with r∘g, both with
+// x∘p∘g) and `b` = (|r|², r·(x∘p), |x∘p|², |x|²).
+fn apply4(wt: Weights4, xb: u32, g: u32, n4: u32, norm: bool, glu: bool) -> Pair {
     let gi = min(g, n4 - 1u);
     var xv = x4(xb, gi);
-    var out = vec3<f32>(0.0);
-    var nw = gi;
-    if (post) {
-        xv = res_in[xb + gi] + xv * post_inv * norm_w[gi];
-        if (post_keep && g < n4) { res_out[xb + gi] = xv; }
-        nw += n4;
+    var out = Pair(vec4<f32>(0.0), vec4<f32>(0.0));
+    if (POST) {
+        let r = res_in[xb + gi];
+        let xp = xv * norm_w[gi];
+        let nw = norm_w[gi + n4];
+        let rg = r * nw;
+        let xg = xp * nw;
+        out.a = vec4<f32>(dot(wt.w, rg), 0.0, dot(wt.w, xg), 0.0);
+        if (glu) {
+            out.a.y = dot(wt.up, rg);
+            out.a.w = dot(wt.up, xg);
+        }
+        out.b = vec4<f32>(dot(r, r), dot(r, xp), dot(xp, xp), dot(xv, xv));
+    } else {
+        if (norm) {
+            out.a.z = dot(xv, xv);
+            xv *= norm_w[gi];
+        }
+        out.a.x = dot(wt.w, xv);
+        if (glu) { out.a.y = dot(wt.up, xv); }
     }
-    if (norm) {
-        out.z = dot(xv, xv);
-        xv *= norm_w[nw];
-    }
-    out.x = dot(wt.w, xv);
-    if (glu) { out.y = dot(wt.up, xv); }
-    return select(vec3<f32>(0.0), out, g < n4);
+    let live = g < n4;
+    return Pair(select(vec4<f32>(0.0), out.a, live), select(vec4<f32>(0.0), out.b, live));
 }
 
-fn group4(r: u32, xb: u32, g: u32, n4: u32, norm: bool, glu: bool, post: bool) -> vec3<f32> {
-    return apply4(weights4(r, g, n4, glu), xb, g, n4, norm, glu, post);
+fn add(p: Pair, q: Pair) -> Pair {
+    return Pair(p.a + q.a, p.b + q.b);
+}
+
+fn group4(r: u32, xb: u32, g: u32, n4: u32, norm: bool, glu: bool) -> Pair {
+    return apply4(weights4(r, g, n4, glu), xb, g, n4, norm, glu);
 }
 
 override LANES: u32 = 32u;
@@ -198,36 +201,46 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let r = wg * ROWS_PER_WG + row_in_wg;
     let norm = (wp.flags & 8u) != 0u;
     let glu = (wp.flags & 16u) != 0u;
-    let post = (wp.flags & 32u) != 0u;
     let n4 = wp.k / 4u;
     let xb = token() * n4;
-    // The first four groups' weights go out before POST's sum of squares and MERGE, whose
-    // barriers would hold them back. (Rows past the end load the last row and write nothing.)
+    // The first four groups' weights go out before MERGE, whose barrier would hold them
+    // back. (Rows past the end load the last row and write nothing.)
     let rr = min(r, wp.rows - 1u);
     let w0 = weights4(rr, lane, n4, glu);
     let w1 = weights4(rr, lane + LANES, n4, glu);
     let w2 = weights4(rr, lane + 2u * LANES, n4, glu);
     let w3 = weights4(rr, lane + 3u * LANES, n4, glu);
-    if (post) {
-        post_inv = inverse_rms(xb, n4, lid);
-        post_keep = wg == 0u && row_in_wg == 0u;
-    }
     if (MERGE_VEC4S > 1u) { merge_splits(lid); }
-    // x: dot with the row; y: dot with the up row (GLU); z: sum of squares of x (NORM).
-    var acc = apply4(w0, xb, lane, n4, norm, glu, post) + apply4(w1, xb, lane + LANES, n4, norm, glu, post)
-        + apply4(w2, xb, lane + 2u * LANES, n4, norm, glu, post) + apply4(w3, xb, lane + 3u * LANES, n4, norm, glu, post);
+    var acc = add(add(apply4(w0, xb, lane, n4, norm, glu), apply4(w1, xb, lane + LANES, n4, norm, glu)),
+                  add(apply4(w2, xb, lane + 2u * LANES, n4, norm, glu), apply4(w3, xb, lane + 3u * LANES, n4, norm, glu)));
     // Four groups per iteration: their loads are independent, so they are all in flight at
     // once (on GPUs the lanes usually cover a row in the first four).
     for (var g = lane + 4u * LANES; g < n4; g += 4u * LANES) {
-        acc += group4(rr, xb, g, n4, norm, glu, post) + group4(rr, xb, g + LANES, n4, norm, glu, post)
-            + group4(rr, xb, g + 2u * LANES, n4, norm, glu, post) + group4(rr, xb, g + 3u * LANES, n4, norm, glu, post);
+        acc = add(acc, add(add(group4(rr, xb, g, n4, norm, glu), group4(rr, xb, g + LANES, n4, norm, glu)),
+                           add(group4(rr, xb, g + 2u * LANES, n4, norm, glu), group4(rr, xb, g + 3u * LANES, n4, norm, glu))));
     }
-    acc = reduce_row(vec4<f32>(acc, 0.0), lid, lane).xyz;
+    var dots = vec2<f32>(0.0);
+    if (POST) {
+        acc = reduce_pair(acc, lid, lane);
+        let k = f32(wp.k);
+        let a = inverseSqrt(acc.b.w / k + wp.eps);
+        let inv = inverseSqrt((acc.b.x + 2.0 * a * acc.b.y + a * a * acc.b.z) / k + wp.eps);
+        dots = inv * (acc.a.xy + a * acc.a.zw);
+        // Every lane of the row has the sums; the first row writes the new residual.
+        if (wg == 0u && row_in_wg == 0u) {
+            for (var g = lane; g < n4; g += LANES) {
+                res_out[xb + g] = res_in[xb + g] + a * x[xb + g] * norm_w[g];
+            }
+        }
+    } else {
+        let s = reduce_row(acc.a, lid, lane);
+        dots = s.xy;
+        if (norm) { dots *= inverseSqrt(s.z / f32(wp.k) + wp.eps); }
+    }
     if (lane == 0u && r < wp.rows) {
-        if (norm) { acc *= inverseSqrt(acc.z / f32(wp.k) + wp.eps); }
         let o = wp.out_offset + r;
-        var v = acc.x;
-        if (glu) { v = activation(v, wp.flags >> 8u) * acc.y; }
+        var v = dots.x;
+        if (glu) { v = activation(v, wp.flags >> 8u) * dots.y; }
         write_row(o, v);
     }
 }

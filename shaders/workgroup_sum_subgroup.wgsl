@@ -2,7 +2,7 @@
 // within each block of SG_MIN consecutive invocations (one subgroup at least; see
 // reduce_subgroup.wgsl), then the blocks' sums through workgroup memory behind one barrier.
 // Every invocation must call it, once per dispatch. (On an H100, this instead of two
-// barriers in Gemma's 36 POST matvecs and 18 q/k norms per token: decode +5%.)
+// barriers, then in Gemma's 36 post-norm matvecs and 18 q/k norms per token: decode +5%.)
 var<workgroup> block_sums: array<vec2<f32>, 256>;
 
 fn workgroup_sum(v: vec2<f32>, lid: u32) -> vec2<f32> {

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gguf::{ByteSource, Gguf, TensorInfo};
-use crate::gpu::{attention_keys_per_tile, Gpu, Kernel, MERGE_FLOATS};
+use crate::gpu::{attention_keys_per_tile, Gpu, Kernel, MatVecInput, MERGE_FLOATS};
 use crate::models::{Activation, Config};
 use crate::quant::{self, GgmlType};
 
@@ -79,8 +79,6 @@ const LAST_TOKEN: u32 = 4;
 const NORM: u32 = 8;
 /// Gate and up stacked; the activation goes in bits 8.. of the flags.
 const GLU: u32 = 16;
-/// The input is a residual plus the RMS-normed x (matvec.wgsl); with NORM.
-const POST: u32 = 32;
 /// The most key splits per head a MERGE matvec merges (beyond, the combine pass runs): the
 /// merge reads every split's values in every workgroup, which pays only for short contexts
 /// (on the H100, 17-32 splits merged: Gemma +1%, SmolLM2 level with the combine pass; up to
@@ -583,11 +581,15 @@ impl Builder<'_> {
         for p in &m.parts {
             let mut flags = at.flags | if at.bias.is_some() { BIAS } else { 0 };
             flags |= if at.norm.is_some() { NORM } else { 0 };
-            flags |= if at.post.is_some() { POST } else { 0 };
             let rows = if glu { p.rows / 2 } else { p.rows };
-            let lanes = self.gpu.matvec_lanes(m.k, rows as usize);
+            let lanes = self.gpu.matvec_lanes(m.k, rows as usize, glu && at.post.is_some());
             // `many` has no GLU, POST or MERGE.
-            let plain = flags & (GLU | POST) == 0 && at.merged_heads.is_none();
+            let input = match (at.merged_heads, at.post) {
+                (Some(_), _) => MatVecInput::Merged,
+                (None, Some(_)) => MatVecInput::PostNorm,
+                (None, None) => MatVecInput::Direct,
+            };
+            let plain = flags & GLU == 0 && input == MatVecInput::Direct;
             let group_rows = if plain { self.gpu.matvec_group_rows(rows as usize, lanes) } else { 1 };
             let params = self.gpu.uniform(
                 "wparams",
@@ -602,13 +604,13 @@ impl Builder<'_> {
                     split_k: at.merged_heads.unwrap_or(m.k as u32),
                 },
             );
-            let kernel = Kernel::MatVec(m.ty, lanes, group_rows, at.merged_heads.is_some());
+            let kernel = Kernel::MatVec(m.ty, lanes, group_rows, input);
             let (res_in, res_out) = at.post.unwrap_or((self.dummy, self.dummy_out));
             let bind = [&p.buffer, at.x, at.y, at.bias.unwrap_or(self.dummy), &params, self.step, at.norm.map_or(self.dummy, |n| n.0), res_in, res_out];
             let bg = self.bind(kernel, &bind);
             // Only plain products split (the fused norms need whole rows), and never into
             // the buffer they read or write.
-            let scratch = self.split_scratch.as_ref().filter(|s| flags & (NORM | POST | GLU | LAST_TOKEN) == 0 && s.buffer != at.x && s.buffer != at.y);
+            let scratch = self.split_scratch.as_ref().filter(|s| flags & (NORM | GLU | LAST_TOKEN) == 0 && at.post.is_none() && s.buffer != at.x && s.buffer != at.y);
             let split_k = scratch.map_or(m.k, |s| self.gpu.matmul_split_columns(rows as usize, m.k, s.max_tokens, s.floats / (s.max_tokens * rows as usize)));
             let splits = m.k.div_ceil(split_k) as u32;
             let split_bind = scratch.filter(|_| splits > 1).map(|s| {
@@ -1528,9 +1530,20 @@ fn submit_ops(gpu: &Gpu, ops: &[Op], n_tok: u32) {
     gpu.queue.submit([enc.finish()]);
 }
 
+/// What `apply_linear` folds into a one-token product, as decode's matvecs do.
+pub enum Fold<'a> {
+    None,
+    /// x RMS-normed with these weights and epsilon (NORM).
+    Norm(&'a [f32], f32),
+    /// The input is this residual plus x RMS-normed with the weights' first k, then normed
+    /// with their second k (POST): Gemma's post-norm and the next norm.
+    Post(&'a [f32], &'a [f32], f32),
+}
+
 /// Applies one weight matrix to `n_tok` rows of `x` through the same kernels the model uses
-/// (matvec for one token, matmul for more). For kernel tests and diagnostics.
-pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Result<Vec<f32>> {
+/// (matvec for one token, matmul for more), with `fold` (one token only). Returns the
+/// product and, with `Fold::Post`, the new residual. For kernel tests and diagnostics.
+pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize, fold: &Fold<'_>) -> Result<(Vec<f32>, Vec<f32>)> {
     let step = gpu.per_step_uniform("step", &Step { n_tok: n_tok as u32, pos0: 0, splits: 1, chunk: 1 });
     let dummy = gpu.storage("dummy", 16)?;
     let dummy_out = gpu.storage("dummy", 16)?;
@@ -1539,11 +1552,24 @@ pub async fn apply_linear(gpu: &Gpu, m: &Matrix, x: &[f32], n_tok: usize) -> Res
     let floats = n_tok * m.rows * m.k / crate::gpu::MIN_SPLIT_COLUMNS;
     let scratch = gpu.storage("split scratch", (floats * 4) as u64)?;
     let split_scratch = SplitScratch { buffer: &scratch, floats, max_tokens: n_tok };
+    let (weights, residual, eps) = match *fold {
+        Fold::None => (None, None, 0.0),
+        Fold::Norm(w, eps) => (Some(w), None, eps),
+        Fold::Post(r, w, eps) => (Some(w), Some(r), eps),
+    };
+    let norm_w = weights.map(|w| gpu.storage_init("norm", bytemuck::cast_slice(w))).transpose()?;
+    let res_in = residual.map(|r| gpu.storage_init("residual", bytemuck::cast_slice(r))).transpose()?;
+    let res_out = gpu.storage("residual out", (m.k * 4) as u64)?;
     let mut b = Builder { gpu, step: &step, dummy: &dummy, dummy_out: &dummy_out, split_scratch: Some(split_scratch), slabs: None, when: When::Always, slots: 1, ops: Vec::new() };
-    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm: None, post: None, flags: 0, sum_next: false, merged_heads: None });
+    let (norm, post) = (norm_w.as_ref().map(|w| (w, eps)), res_in.as_ref().map(|r| (r, &res_out)));
+    b.linear(m, &Lin { x: &xb, y: &y, out_offset: 0, out_stride: m.rows, bias: None, norm, post, flags: 0, sum_next: false, merged_heads: None });
     submit_ops(gpu, &b.ops, n_tok as u32);
     let bytes = gpu.read(&y, 0, (n_tok * m.rows * 4) as u64).await?;
-    Ok(bytemuck::cast_slice(&bytes).to_vec())
+    let residual = match res_in {
+        Some(_) => bytemuck::cast_slice(&gpu.read(&res_out, 0, (m.k * 4) as u64).await?).to_vec(),
+        None => Vec::new(),
+    };
+    Ok((bytemuck::cast_slice(&bytes).to_vec(), residual))
 }
 
 /// sample.wgsl's buffers beside the logits, parameters and the chosen id: chunk maxima,

@@ -6,7 +6,7 @@ mod common;
 use gloss_engine::gguf::TensorInfo;
 use gloss_engine::quant::{self, GgmlType};
 use gloss_engine::sampling::{sample_reference, Pcg, Sampling};
-use gloss_engine::transformer::{apply_linear, apply_sampler, upload_matrix};
+use gloss_engine::transformer::{apply_linear, apply_sampler, upload_matrix, Fold};
 
 /// `tol`: error allowed relative to the sum of the products' magnitudes (f32 paths 1e-4; the
 /// f16 tiles round each weight and input to 11 bits and sum four products in f16).
@@ -19,7 +19,7 @@ fn check_linear(gpu: &gloss_engine::Gpu, ty: GgmlType, rows: usize, k: usize, n_
     let x: Vec<f32> = (0..n_tok * k).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
     let info = TensorInfo { name: "w".into(), dims: vec![k as u64, rows as u64], ty, offset: 0, size: bytes.len() as u64 };
     let m = pollster::block_on(upload_matrix(gpu, &mut bytes, &info)).unwrap();
-    let y = pollster::block_on(apply_linear(gpu, &m, &x, n_tok)).unwrap();
+    let (y, _) = pollster::block_on(apply_linear(gpu, &m, &x, n_tok, &Fold::None)).unwrap();
     for t in 0..n_tok {
         for r in 0..rows {
             let want: f64 = (0..k).map(|i| w[r * k + i] as f64 * x[t * k + i] as f64).sum();
@@ -109,6 +109,63 @@ fn linear_in_gpu_tuning_matches_reference() {
         // group of lanes takes 8 rows (matvec.wgsl's `many`), the last group only part.
         if !f16 {
             check_linear(&gpu, GgmlType::Q4_0, 8 * 65535 + 24, 96, 1, 3, tol);
+        }
+    }
+}
+
+/// Decode's folded norms against f64 references: NORM (x RMS-normed on the fly, also in the
+/// `many` kernel of bandwidth-bound matrices) and POST (Gemma's post-norm added to the
+/// residual, then the matvec's own norm, with the new residual written out), in this
+/// adapter's tuning and a GPU's, with its rows summed by subgroups (where the adapter has
+/// them) and through workgroup memory. The residual is large and correlated with x, as in
+/// a model, so the cross term of the new residual's norm counts.
+#[test]
+fn folded_norms_match_reference() {
+    for (tuning, subgroups) in [(None, true), (Some(gloss_engine::Tuning::GPU), true), (Some(gloss_engine::Tuning::GPU), false)] {
+        let mut gpu = pollster::block_on(gloss_engine::Gpu::new()).unwrap();
+        if let Some(t) = tuning {
+            gpu.set_tuning(t);
+        }
+        if !subgroups {
+            gpu.disable_subgroups();
+        }
+        for (ty, rows, k) in [(GgmlType::Q8_0, 67, 640), (GgmlType::Q4K, 1, 512), (GgmlType::Q5_0, 40, 96), (GgmlType::Q8_0, 8 * 4096 + 24, 64)] {
+            let seed = rows as u64 + k as u64;
+            let mut bytes = quant::random_blocks(ty, rows * k / ty.block_size(), seed);
+            let mut w = Vec::new();
+            quant::dequantize(ty, &bytes, &mut w);
+            let info = TensorInfo { name: "w".into(), dims: vec![k as u64, rows as u64], ty, offset: 0, size: bytes.len() as u64 };
+            let m = pollster::block_on(upload_matrix(&gpu, &mut bytes, &info)).unwrap();
+            let mut rng = Pcg::new(seed);
+            let mut uniform = |lo: f32, hi: f32| lo + (hi - lo) * rng.next_f32();
+            let residual: Vec<f32> = (0..k).map(|_| uniform(-4.0, 4.0)).collect();
+            let x: Vec<f32> = residual.iter().map(|r| 0.3 * r + uniform(-0.5, 0.5)).collect();
+            let weights: Vec<f32> = (0..2 * k).map(|_| uniform(0.5, 1.5)).collect();
+            let eps = 1e-6;
+            let inv_rms = |v: &[f64]| 1.0 / (v.iter().map(|a| a * a).sum::<f64>() / k as f64 + eps as f64).sqrt();
+            let check = |what: &str, y: &[f32], input: &[f64]| {
+                for r in 0..rows {
+                    let want: f64 = (0..k).map(|i| w[r * k + i] as f64 * input[i]).sum();
+                    let size: f64 = (0..k).map(|i| (w[r * k + i] as f64 * input[i]).abs()).sum();
+                    assert!((y[r] as f64 - want).abs() <= 1e-4 * size + 1e-6, "{what} {} rows={rows} k={k}: y[{r}] = {}, want {want}", ty.name(), y[r]);
+                }
+            };
+            let xs: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let inv = inv_rms(&xs);
+            let normed: Vec<f64> = (0..k).map(|i| xs[i] * inv * weights[i] as f64).collect();
+            let (y, _) = pollster::block_on(apply_linear(&gpu, &m, &x, 1, &Fold::Norm(&weights[..k], eps))).unwrap();
+            check("norm", &y, &normed);
+            if rows > 8 * 4096 {
+                continue; // `many` folds no POST
+            }
+            let new_res: Vec<f64> = (0..k).map(|i| residual[i] as f64 + normed[i]).collect();
+            let inv = inv_rms(&new_res);
+            let input: Vec<f64> = (0..k).map(|i| new_res[i] * inv * weights[k + i] as f64).collect();
+            let (y, res_out) = pollster::block_on(apply_linear(&gpu, &m, &x, 1, &Fold::Post(&residual, &weights, eps))).unwrap();
+            check("post", &y, &input);
+            for i in 0..k {
+                assert!((res_out[i] as f64 - new_res[i]).abs() <= 1e-5 * new_res[i].abs().max(1.0), "post residual[{i}] = {}, want {}", res_out[i], new_res[i]);
+            }
         }
     }
 }
