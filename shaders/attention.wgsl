@@ -99,11 +99,54 @@ fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
 
 var<private> local_id: u32;
 
-// Word w (two dimensions) of the key at word kb of the cache, or of this step's key (kc);
-// zero past the head's hw words (the last word is read instead, so callers need no branch).
-fn key_word(kb: u32, w: u32, hw: u32, from_kc: bool) -> vec2<f32> {
+// A thread's cache words of one tile, loaded before any is used, so a tile waits for
+// memory once: words share + i·TPK of its key and word vw of the values of tile keys
+// ks + i·slices, i < 16, each four only where the head or the tile has them for this
+// thread. (Heads are at most 256 wide, which the engine checks at load, so with tiles of
+// 32 or 64 keys sixteen words cover a thread's share.) Raw
+// words: this step's own key and value (kc, vc) replace theirs only where used, so the
+// first tile's loads go out before the prologue makes them. Named vectors, not arrays
+// (see the header).
+struct TileWords { k0: vec4<u32>, k1: vec4<u32>, k2: vec4<u32>, k3: vec4<u32>, v0: vec4<u32>, v1: vec4<u32>, v2: vec4<u32>, v3: vec4<u32> }
+
+// Key words w, w + TPK, w + 2·TPK, w + 3·TPK at cache word kb (past the head's hw words, its
+// last word again, so callers need no branch).
+fn key_words(kb: u32, w: u32, hw: u32) -> vec4<u32> {
+    let last = hw - 1u;
+    return vec4<u32>(k_cache[kb + min(w, last)], k_cache[kb + min(w + TPK, last)], k_cache[kb + min(w + 2u * TPK, last)],
+                     k_cache[kb + min(w + 3u * TPK, last)]);
+}
+
+// Word `word` of the values of tile keys j, j + slices, j + 2·slices, j + 3·slices (the tile
+// starts at position c and holds n keys; past n, the last key is read again).
+fn value_words(c: u32, j: u32, slices: u32, n: u32, kv_words: u32, word: u32) -> vec4<u32> {
+    let last = n - 1u;
+    return vec4<u32>(v_cache[(c + min(j, last)) * kv_words + word], v_cache[(c + min(j + slices, last)) * kv_words + word],
+                     v_cache[(c + min(j + 2u * slices, last)) * kv_words + word], v_cache[(c + min(j + 3u * slices, last)) * kv_words + word]);
+}
+
+// The tile at c's words for this thread (its key's words start at kb, its value word at vb).
+fn tile_words(c: u32, n: u32, kb: u32, share: u32, hw: u32, ks: u32, slices: u32, kv_words: u32, vb: u32) -> TileWords {
+    var t: TileWords;
+    t.k0 = key_words(kb, share, hw);
+    if (4u * TPK < hw) { t.k1 = key_words(kb, share + 4u * TPK, hw); }
+    if (8u * TPK < hw) {
+        t.k2 = key_words(kb, share + 8u * TPK, hw);
+        t.k3 = key_words(kb, share + 12u * TPK, hw);
+    }
+    t.v0 = value_words(c, ks, slices, n, kv_words, vb);
+    if (4u * slices < TILE) { t.v1 = value_words(c, ks + 4u * slices, slices, n, kv_words, vb); }
+    if (8u * slices < TILE) {
+        t.v2 = value_words(c, ks + 8u * slices, slices, n, kv_words, vb);
+        t.v3 = value_words(c, ks + 12u * slices, slices, n, kv_words, vb);
+    }
+    return t;
+}
+
+// Word w of a key from its raw cache word, or of this step's key (kc); zero past hw.
+fn key_of(raw: u32, w: u32, hw: u32, from_kc: bool) -> vec2<f32> {
     let wi = min(w, hw - 1u);
-    var kk = unpack2x16float(k_cache[kb + wi]);
+    var kk = unpack2x16float(raw);
     if (from_kc) { kk = vec2<f32>(kc[2u * wi], kc[2u * wi + 1u]); }
     return select(vec2<f32>(0.0), kk, w < hw);
 }
@@ -114,12 +157,11 @@ fn q_dot(qb: u32, w: u32, hw: u32, kk: vec2<f32>) -> f32 {
     return qs[qi] * kk.x + qs[qi + 1u] * kk.y;
 }
 
-// Word `word` of the value of tile key j (the tile starts at position c and holds n keys;
-// past n, the last key is read again); this step's own value from vc.
-fn value_word(c: u32, j: u32, n: u32, own: bool, pos: u32, kv_words: u32, word: u32, vw: u32) -> vec2<f32> {
-    let row = c + min(j, n - 1u);
-    let cached = unpack2x16float(v_cache[row * kv_words + word]);
-    return select(cached, vec2<f32>(vc[2u * vw], vc[2u * vw + 1u]), own && row == pos);
+// A block query's dot product with key words w, w + TPK, w + 2·TPK, w + 3·TPK (raw).
+fn dot4(qb: u32, w: u32, hw: u32, raw: vec4<u32>, from_kc: bool) -> f32 {
+    return q_dot(qb, w, hw, key_of(raw.x, w, hw, from_kc)) + q_dot(qb, w + TPK, hw, key_of(raw.y, w + TPK, hw, from_kc))
+        + q_dot(qb, w + 2u * TPK, hw, key_of(raw.z, w + 2u * TPK, hw, from_kc))
+        + q_dot(qb, w + 3u * TPK, hw, key_of(raw.w, w + 3u * TPK, hw, from_kc));
 }
 
 // Block query g's probability of tile key j; zero past the tile.
@@ -127,31 +169,21 @@ fn prob(g: u32, j: u32) -> f32 {
     return select(0.0, pr[g * TILE + min(j, TILE - 1u)], j < TILE);
 }
 
-// A thread's value words of tile keys j, j + slices, ..., j + 7 slices. Named, not an array
-// (see the header).
-struct Values8 { v0: vec2<f32>, v1: vec2<f32>, v2: vec2<f32>, v3: vec2<f32>, v4: vec2<f32>, v5: vec2<f32>, v6: vec2<f32>, v7: vec2<f32> }
+// Where a thread's value words belong: the tile (at c, n keys), its word vw of the head,
+// and this step's own value (vc) at `pos` where the workgroup made it.
+struct ValueSite { c: u32, n: u32, own: bool, pos: u32, vw: u32 }
 
-// Those words, all loaded before any is used (value_word's arguments for the tile, j and
-// slices). The last four only where a thread has more than four keys of the tile (heads
-// wider than 64); else zero, with probability zero.
-fn values8(c: u32, j: u32, slices: u32, n: u32, own: bool, pos: u32, kv_words: u32, word: u32, vw: u32) -> Values8 {
-    var v = Values8(value_word(c, j, n, own, pos, kv_words, word, vw), value_word(c, j + slices, n, own, pos, kv_words, word, vw),
-                    value_word(c, j + 2u * slices, n, own, pos, kv_words, word, vw), value_word(c, j + 3u * slices, n, own, pos, kv_words, word, vw),
-                    vec2<f32>(0.0), vec2<f32>(0.0), vec2<f32>(0.0), vec2<f32>(0.0));
-    if (4u * slices < TILE) {
-        v.v4 = value_word(c, j + 4u * slices, n, own, pos, kv_words, word, vw);
-        v.v5 = value_word(c, j + 5u * slices, n, own, pos, kv_words, word, vw);
-        v.v6 = value_word(c, j + 6u * slices, n, own, pos, kv_words, word, vw);
-        v.v7 = value_word(c, j + 7u * slices, n, own, pos, kv_words, word, vw);
-    }
-    return v;
+// The value word of tile key j from its raw cache word, or this step's own value.
+fn value_of(raw: u32, j: u32, at: ValueSite) -> vec2<f32> {
+    let row = at.c + min(j, at.n - 1u);
+    return select(unpack2x16float(raw), vec2<f32>(vc[2u * at.vw], vc[2u * at.vw + 1u]), at.own && row == at.pos);
 }
 
-// Block query g's share of those values: each weighted by its key's probability.
-fn weigh8(g: u32, j: u32, slices: u32, v: Values8) -> vec2<f32> {
-    return prob(g, j) * v.v0 + prob(g, j + slices) * v.v1 + prob(g, j + 2u * slices) * v.v2 + prob(g, j + 3u * slices) * v.v3
-        + prob(g, j + 4u * slices) * v.v4 + prob(g, j + 5u * slices) * v.v5 + prob(g, j + 6u * slices) * v.v6
-        + prob(g, j + 7u * slices) * v.v7;
+// Block query g's share of the values of tile keys j, j + slices, j + 2·slices,
+// j + 3·slices (raw), each weighted by its key's probability.
+fn weigh4(g: u32, j: u32, slices: u32, raw: vec4<u32>, at: ValueSite) -> vec2<f32> {
+    return prob(g, j) * value_of(raw.x, j, at) + prob(g, j + slices) * value_of(raw.y, j + slices, at)
+        + prob(g, j + 2u * slices) * value_of(raw.z, j + 2u * slices, at) + prob(g, j + 3u * slices) * value_of(raw.w, j + 3u * slices, at);
 }
 
 @compute @workgroup_size(256)
@@ -173,6 +205,22 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 
     let qb = t0 * ap.q_stride + h0 * hd;
     let fused = (ap.flags & 1u) != 0u;
+    // Dot products: TPK threads per key; thread `share` takes words share, share + TPK, ... of
+    // the head, so neighbours read neighbouring words (coalesced, and no shared-memory bank
+    // conflicts on q).
+    let key = lid / TPK;
+    let share = lid % TPK;
+    // Values: thread (slice ks, word vw) takes keys ks, ks + slices, ... of each tile;
+    // acc[g] holds block query g's two values of word vw (threads past slices x words idle).
+    let hw = hd / 2u;
+    let slices = WG / hw;
+    let ks = lid / hw;
+    let vw = lid % hw;
+    let vb = head_words + vw;
+    // The first tile's words go out before the prologue's barriers (decode's splits are one
+    // tile long). With no keys in the split, nothing uses them.
+    let n0 = select(1u, min(TILE, hi - lo), hi > lo);
+    let first = tile_words(lo, n0, (lo + min(key, n0 - 1u)) * kv_words + head_words, share, hw, ks, slices, kv_words, vb);
     // Fused decode (one query per block): the workgroup whose split holds this step's
     // position makes its key (and value) itself; the first query head of each kv group also
     // appends them to the cache.
@@ -196,49 +244,23 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var l = 0.0; // running sum, kept by thread g < members
     workgroupBarrier();
 
-    // Dot products: TPK threads per key; thread `share` takes words share, share + TPK, ... of
-    // the head, so neighbours read neighbouring words (coalesced, and no shared-memory bank
-    // conflicts on q).
-    let key = lid / TPK;
-    let share = lid % TPK;
-    // Values: thread (slice ks, word vw) takes keys ks, ks + slices, ... of each tile;
-    // acc[g] holds block query g's two values of word vw (threads past slices x words idle).
-    let hw = hd / 2u;
-    let slices = WG / hw;
-    let ks = lid / hw;
-    let vw = lid % hw;
     var acc: array<vec2<f32>, HEADS>;
     for (var g = 0u; g < HEADS; g++) { acc[g] = vec2<f32>(0.0); }
-    // The loads below go into named registers before their values are used, so they go out
-    // together. (acc and s are indexed by block query: see the header.)
+    // (acc and s are indexed by block query: see the header.)
     for (var c = lo; c < hi; c += TILE) {
         let n = min(TILE, hi - c);
         var s: array<f32, HEADS>;
-        for (var g = 0u; g < HEADS; g++) { s[g] = 0.0; }
         let kb = (c + min(key, n - 1u)) * kv_words + head_words;
         let from_kc = own && c + min(key, n - 1u) == pos;
-        // This thread's first eight values of the tile, loaded with the keys: they do not
-        // depend on the probabilities, so the tile waits for memory once, not twice.
-        let vb = head_words + vw;
-        var vals = values8(c, ks, slices, n, own, pos, kv_words, vb, vw);
-        // Eight words per iteration, loaded before any is used: one memory round trip per
-        // iteration (one in all for heads up to 128 wide). Named, not an array: drivers may
-        // put an indexed private array in local memory.
-        for (var w = share; w < hw; w += 8u * TPK) {
-            let k0 = key_word(kb, w, hw, from_kc);
-            let k1 = key_word(kb, w + TPK, hw, from_kc);
-            let k2 = key_word(kb, w + 2u * TPK, hw, from_kc);
-            let k3 = key_word(kb, w + 3u * TPK, hw, from_kc);
-            let k4 = key_word(kb, w + 4u * TPK, hw, from_kc);
-            let k5 = key_word(kb, w + 5u * TPK, hw, from_kc);
-            let k6 = key_word(kb, w + 6u * TPK, hw, from_kc);
-            let k7 = key_word(kb, w + 7u * TPK, hw, from_kc);
-            for (var g = 0u; g < HEADS; g++) {
-                if (g < members) {
-                    let qb = g * hd;
-                    s[g] += q_dot(qb, w, hw, k0) + q_dot(qb, w + TPK, hw, k1) + q_dot(qb, w + 2u * TPK, hw, k2)
-                        + q_dot(qb, w + 3u * TPK, hw, k3) + q_dot(qb, w + 4u * TPK, hw, k4) + q_dot(qb, w + 5u * TPK, hw, k5)
-                        + q_dot(qb, w + 6u * TPK, hw, k6) + q_dot(qb, w + 7u * TPK, hw, k7);
+        var t = first;
+        if (c > lo) { t = tile_words(c, n, kb, share, hw, ks, slices, kv_words, vb); }
+        for (var g = 0u; g < HEADS; g++) {
+            if (g < members) {
+                let qb = g * hd;
+                s[g] = dot4(qb, share, hw, t.k0, from_kc);
+                if (4u * TPK < hw) { s[g] += dot4(qb, share + 4u * TPK, hw, t.k1, from_kc); }
+                if (8u * TPK < hw) {
+                    s[g] += dot4(qb, share + 8u * TPK, hw, t.k2, from_kc) + dot4(qb, share + 12u * TPK, hw, t.k3, from_kc);
                 }
             }
         }
@@ -284,13 +306,15 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             for (var g = 0u; g < HEADS; g++) {
                 if (g < members) { acc[g] *= corr[g]; }
             }
-            // Eight keys per iteration, the next eight loaded before any is used (heads wider
-            // than 128 have more than eight per thread). Keys past n have p = 0 and read a
-            // valid row instead of branching.
-            for (var jj = ks; jj < TILE; jj += 8u * slices) {
-                if (jj > ks) { vals = values8(c, jj, slices, n, own, pos, kv_words, vb, vw); }
-                for (var g = 0u; g < HEADS; g++) {
-                    if (g < members) { acc[g] += weigh8(g, jj, slices, vals); }
+            // Keys past n have p = 0 and read a valid row instead of branching.
+            let at = ValueSite(c, n, own, pos, vw);
+            for (var g = 0u; g < HEADS; g++) {
+                if (g < members) {
+                    acc[g] += weigh4(g, ks, slices, t.v0, at);
+                    if (4u * slices < TILE) { acc[g] += weigh4(g, ks + 4u * slices, slices, t.v1, at); }
+                    if (8u * slices < TILE) {
+                        acc[g] += weigh4(g, ks + 8u * slices, slices, t.v2, at) + weigh4(g, ks + 12u * slices, slices, t.v3, at);
+                    }
                 }
             }
         }
