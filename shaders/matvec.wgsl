@@ -251,10 +251,10 @@ fn rows8(r0: u32, g: u32, xv: vec4<f32>) -> array<vec4<f32>, 2> {
     let k = 4u * g;
     let last = wp.rows - 1u;
     return array<vec4<f32>, 2>(
-        vec4<f32>(dot(load4(min(r0, last), k), xv), dot(load4(min(r0 + 1u, last), k), xv),
-                  dot(load4(min(r0 + 2u, last), k), xv), dot(load4(min(r0 + 3u, last), k), xv)),
-        vec4<f32>(dot(load4(min(r0 + 4u, last), k), xv), dot(load4(min(r0 + 5u, last), k), xv),
-                  dot(load4(min(r0 + 6u, last), k), xv), dot(load4(min(r0 + 7u, last), k), xv)));
+        vec4<f32>(dot4(min(r0, last), k, xv), dot4(min(r0 + 1u, last), k, xv), dot4(min(r0 + 2u, last), k, xv),
+                  dot4(min(r0 + 3u, last), k, xv)),
+        vec4<f32>(dot4(min(r0 + 4u, last), k, xv), dot4(min(r0 + 5u, last), k, xv), dot4(min(r0 + 6u, last), k, xv),
+                  dot4(min(r0 + 7u, last), k, xv)));
 }
 
 // Rows r0..r0+7 for each group of lanes (NORM, bias and accumulate as in main; no GLU or

@@ -73,21 +73,49 @@ fn argmax_chunks() -> u32 {
     return (sp.vocab + ARGMAX_CHUNK - 1u) / ARGMAX_CHUNK;
 }
 
-// Chunk `c` of ARGMAX_CHUNK logits: its largest (and first) into partials[c].
-// Returns the invocation's own largest logit (and index) of the chunk's.
-fn chunk_argmax(c: u32, lid: u32) -> vec2<u32> {
-    var bv = -3.4e38;
-    var bi = 0xFFFFFFFFu;
-    for (var i = c * ARGMAX_CHUNK + lid; i < min(sp.vocab, (c + 1u) * ARGMAX_CHUNK); i += WG) {
-        let v = logits[i];
-        if (better(bv, bi, v, i)) { bv = v; bi = i; }
+// Logit i of a chunk ending at `end`; past it the lowest float (the load reads the chunk's
+// last logit instead, so the loads need no branch).
+fn chunk_logit(i: u32, end: u32) -> f32 {
+    return select(-3.4e38, logits[min(i, end - 1u)], i < end);
+}
+
+// A thread's logits i, i + WG, i + 2·WG, i + 3·WG of a chunk ending at `end`.
+fn chunk_logits4(i: u32, end: u32) -> vec4<f32> {
+    return vec4<f32>(chunk_logit(i, end), chunk_logit(i + WG, end), chunk_logit(i + 2u * WG, end), chunk_logit(i + 3u * WG, end));
+}
+
+// Best of (bv, bi) and the four logits at i, i + WG, ... (in index order, so ties keep the
+// lower index; none past `end`).
+fn better4(b: vec2<u32>, v: vec4<f32>, i: u32, end: u32) -> vec2<u32> {
+    var best = b;
+    for (var j = 0u; j < 4u; j++) {
+        let ij = i + j * WG;
+        if (ij < end && better(bitcast<f32>(best.x), best.y, v[j], ij)) { best = vec2<u32>(bitcast<u32>(v[j]), ij); }
     }
-    best_v[lid] = bv;
-    best_i[lid] = bi;
+    return best;
+}
+
+// Chunk `c` of ARGMAX_CHUNK logits: its largest (and first) into partials[c]. Each thread's
+// sixteen loads go out before its first comparison (a loop over them waited one memory
+// round trip each). Returns the invocation's own largest logit (and index) of the chunk's.
+fn chunk_argmax(c: u32, lid: u32) -> vec2<u32> {
+    let i = c * ARGMAX_CHUNK + lid;
+    let end = min(sp.vocab, (c + 1u) * ARGMAX_CHUNK);
+    let a = chunk_logits4(i, end);
+    let b = chunk_logits4(i + 4u * WG, end);
+    let d = chunk_logits4(i + 8u * WG, end);
+    let e = chunk_logits4(i + 12u * WG, end);
+    var best = vec2<u32>(bitcast<u32>(-3.4e38), 0xFFFFFFFFu);
+    best = better4(best, a, i, end);
+    best = better4(best, b, i + 4u * WG, end);
+    best = better4(best, d, i + 8u * WG, end);
+    best = better4(best, e, i + 12u * WG, end);
+    best_v[lid] = bitcast<f32>(best.x);
+    best_i[lid] = best.y;
     workgroupBarrier();
     wg_argmax(lid);
     if (lid == 0u) { partials[c] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]); }
-    return vec2<u32>(bitcast<u32>(bv), bi);
+    return best;
 }
 
 @compute @workgroup_size(256)

@@ -44,6 +44,8 @@ test('wasm engine: SmolLM2 teacher forcing in Chromium agrees with llama.cpp and
   console.log(`adapter: ${JSON.stringify(got.adapter)}`);
   // wgpu's WebGPU backend cannot ask for subgroups; the engine adds them to its device.
   assert.equal(got.adapter.subgroups, got.adapterSubgroups, 'the engine did not get the adapter\'s subgroups');
+  // The vocabulary head's Q8_0 kernel uses packed 8-bit integers exactly where WGSL has them.
+  assert.equal(got.adapter.packed_int8, got.wgslPackedInt8, 'the engine misread WGSL\'s packed 8-bit integers');
   // A benchmark figure, not a pass/fail bound: the wasm heap after streaming a 98 MB model.
   console.log(`wasm heap after load: ${(got.heapAfterLoad / 2 ** 20).toFixed(1)} MiB`);
   assert.deepEqual(got.prompt, golden.prompt_ids, 'tokenization differs from llama.cpp');

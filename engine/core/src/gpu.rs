@@ -80,6 +80,7 @@ fn compose(src: &str, subgroups: bool) -> (String, bool) {
             Some("attention_common") => include_str!("../../../shaders/attention_common.wgsl"),
             Some("attention_partials") => include_str!("../../../shaders/attention_partials.wgsl"),
             Some("slab_sum") => include_str!("../../../shaders/slab_sum.wgsl"),
+            Some("quant_q8_0_packed") => include_str!("../../../shaders/quant_q8_0_packed.wgsl"),
             Some("reduce") if subgroups => {
                 uses_subgroups = true;
                 include_str!("../../../shaders/reduce_subgroup.wgsl")
@@ -174,7 +175,7 @@ fn matmul(f16: bool, tile_rows: u32) -> String {
 
 impl Kernel {
     /// The kernel's composed WGSL, its entry point, and whether it declares SG_MIN.
-    fn source(self, subgroups: bool, f16: bool) -> (String, &'static str, bool) {
+    fn source(self, subgroups: bool, f16: bool, packed_int8: bool) -> (String, &'static str, bool) {
         // Weight kernels get the dequantizer of their type as `load4`.
         let quant = |body: &str, ty: GgmlType| {
             let f = match ty {
@@ -189,7 +190,14 @@ impl Kernel {
                 GgmlType::Q5K => "load4_q5_k",
                 GgmlType::Q6K => "load4_q6_k",
             };
-            format!("{}\n#include quant\nfn load4(r: u32, k: u32) -> vec4<f32> {{ return {f}(r, k); }}\n", body)
+            // `dot4`: the weights' dot product with 4 values of x, from `load4` but for Q8_0
+            // where packed 8-bit integers are at hand.
+            let dot4 = if ty == GgmlType::Q8_0 && packed_int8 {
+                "#include quant_q8_0_packed\nfn dot4(r: u32, k: u32, xv: vec4<f32>) -> f32 { return dot4_q8_0(r, k, xv); }"
+            } else {
+                "fn dot4(r: u32, k: u32, xv: vec4<f32>) -> f32 { return dot(load4(r, k), xv); }"
+            };
+            format!("{}\n#include quant\nfn load4(r: u32, k: u32) -> vec4<f32> {{ return {f}(r, k); }}\n{dot4}\n", body)
         };
         let (src, entry) = match self {
             Kernel::MatVec(t, _, 1, _) => (quant(include_str!("../../../shaders/matvec.wgsl"), t), "main"),
@@ -301,6 +309,9 @@ pub struct AdapterSummary {
     pub subgroups: bool,
     /// Smallest subgroup the adapter may run (0 without the subgroups feature).
     pub subgroup_min_size: u32,
+    /// WGSL's packed 8-bit integer builtins (the `packed_4x8_integer_dot_product` language
+    /// feature: naga's, or the browser's).
+    pub packed_int8: bool,
     /// A software rasterizer on the CPU (lavapipe, SwiftShader): kernels avoid barriers.
     pub cpu: bool,
 }
@@ -402,6 +413,7 @@ impl Gpu {
             shader_f16: wanted.contains(wgpu::Features::SHADER_F16),
             subgroups,
             subgroup_min_size: if subgroups { info.subgroup_min_size } else { 0 },
+            packed_int8: instance.wgsl_language_features().contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
             cpu: info.device_type == wgpu::DeviceType::Cpu,
         };
         let tuning = if summary.cpu { Tuning::CPU } else { Tuning::GPU };
@@ -546,7 +558,7 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&kernel) {
             return p.clone();
         }
-        let (src, entry, sg_min) = kernel.source(self.summary.subgroups, self.f16);
+        let (src, entry, sg_min) = kernel.source(self.summary.subgroups, self.f16, self.summary.packed_int8);
         let mut constants = self.overrides(kernel);
         if sg_min {
             constants.push(("SG_MIN", self.summary.subgroup_min_size.max(1) as f64));

@@ -1114,8 +1114,7 @@ impl Transformer {
         // The choice goes straight to the next step's input.
         let sbind = [&logits, &partials, &ids, &penalties, &sample_params, &cand, &counts];
         let mut b = Builder { slots: MAX_STEPS_PER_SUBMIT, ..pre };
-        b.op(Kernel::ArgmaxPartial, &sbind, Grid::Fixed((cfg.vocab as u32).div_ceil(ARGMAX_CHUNK)));
-        b.op(Kernel::ArgmaxFinal, &sbind, Grid::Fixed(1));
+        push_argmax(&mut b, &sbind, cfg.vocab as u32);
         let greedy = std::mem::take(&mut b.ops);
         push_sampling(&mut b, &sbind, cfg.vocab as u32);
         let sample = std::mem::take(&mut b.ops);
@@ -1586,6 +1585,13 @@ fn sampler_buffers(g: &Gpu, vocab: usize) -> Result<[wgpu::Buffer; 4]> {
     ])
 }
 
+/// Greedy decoding's dispatches over `bind` (as push_sampling's): each chunk's largest
+/// logit, then the largest of those.
+fn push_argmax(b: &mut Builder, bind: &[&wgpu::Buffer; 7], vocab: u32) {
+    b.op(Kernel::ArgmaxPartial, bind, Grid::Fixed(vocab.div_ceil(ARGMAX_CHUNK)));
+    b.op(Kernel::ArgmaxFinal, bind, Grid::Fixed(1));
+}
+
 /// Sampling's dispatches over `bind` (logits, sampler_buffers' first three, the parameters,
 /// its last two): penalties, chunk maxima and top-k bounds; top-k candidates per chunk; the
 /// draw.
@@ -1597,16 +1603,32 @@ fn push_sampling(b: &mut Builder, bind: &[&wgpu::Buffer; 7], vocab: u32) {
 
 /// Runs the GPU sampler on `logits` (one row); for tests against `sampling::sample_reference`.
 pub async fn apply_sampler(gpu: &Gpu, logits: &[f32], p: &SampleParams, penalties: &[[u32; 2]]) -> Result<u32> {
+    choose_on_gpu(gpu, logits, Some((p, penalties))).await
+}
+
+/// Runs decode's greedy choice (argmax in two passes) on `logits` (one row); for tests.
+pub async fn apply_argmax(gpu: &Gpu, logits: &[f32]) -> Result<u32> {
+    choose_on_gpu(gpu, logits, None).await
+}
+
+/// The token the GPU picks from `logits`: by sampling, or greedily where `sampling` is None.
+async fn choose_on_gpu(gpu: &Gpu, logits: &[f32], sampling: Option<(&SampleParams, &[[u32; 2]])>) -> Result<u32> {
     let lb = gpu.storage_init("logits", bytemuck::cast_slice(logits))?;
     let [partials, pens, cand, counts] = sampler_buffers(gpu, logits.len())?;
     let result = gpu.storage("result", 16)?;
+    let greedy = SampleParams::default();
+    let (p, penalties) = sampling.unwrap_or((&greedy, &[]));
     if !penalties.is_empty() {
         gpu.queue.write_buffer(&pens, 0, bytemuck::cast_slice(penalties));
     }
     let params = gpu.per_step_uniform("sparams", &SampleParams { vocab: logits.len() as u32, n_penalties: penalties.len() as u32, ..*p });
     let dummy = gpu.storage("dummy", 16)?;
     let mut b = Builder { gpu, step: &dummy, dummy: &dummy, dummy_out: &dummy, split_scratch: None, slabs: None, when: When::Always, slots: 1, ops: Vec::new() };
-    push_sampling(&mut b, &[&lb, &partials, &result, &pens, &params, &cand, &counts], logits.len() as u32);
+    let bind = [&lb, &partials, &result, &pens, &params, &cand, &counts];
+    match sampling {
+        Some(_) => push_sampling(&mut b, &bind, logits.len() as u32),
+        None => push_argmax(&mut b, &bind, logits.len() as u32),
+    }
     submit_ops(gpu, &b.ops, 1);
     let bytes = gpu.read(&result, 0, 4).await?;
     Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))

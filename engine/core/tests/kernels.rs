@@ -6,7 +6,7 @@ mod common;
 use gloss_engine::gguf::TensorInfo;
 use gloss_engine::quant::{self, GgmlType};
 use gloss_engine::sampling::{sample_reference, Pcg, Sampling};
-use gloss_engine::transformer::{apply_linear, apply_sampler, upload_matrix, Fold};
+use gloss_engine::transformer::{apply_argmax, apply_linear, apply_sampler, upload_matrix, Fold};
 
 /// `tol`: error allowed relative to the sum of the products' magnitudes (f32 paths 1e-4; the
 /// f16 tiles round each weight and input to 11 bits and sum four products in f16).
@@ -106,9 +106,12 @@ fn linear_in_gpu_tuning_matches_reference() {
             }
         }
         // A bandwidth-bound matvec (more than 4096 workgroups at one row per 32 lanes): each
-        // group of lanes takes 8 rows (matvec.wgsl's `many`), the last group only part.
+        // group of lanes takes 8 rows (matvec.wgsl's `many`), the last group only part; Q8_0
+        // through its packed-integer dot product where WGSL has one.
         if !f16 {
-            check_linear(&gpu, GgmlType::Q4_0, 8 * 65535 + 24, 96, 1, 3, tol);
+            for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+                check_linear(&gpu, ty, 8 * 65535 + 24, 96, 1, 3, tol);
+            }
         }
     }
 }
@@ -218,6 +221,33 @@ fn gpu_sampler_matches_cpu_reference() {
     // Temperature 0 is greedy; with penalties, greedy over the penalized logits.
     let p = Sampling::greedy().params(0.99);
     assert_eq!(pollster::block_on(apply_sampler(&gpu, &logits, &p, &[])).unwrap(), greedy);
+}
+
+/// Decode's greedy choice (a 4096-logit chunk's largest per workgroup, sixteen per thread,
+/// then the largest of those) against a sequential argmax: the largest logit planted in
+/// each of a thread's sixteen, in a last partial chunk, and tied (the lower index wins).
+#[test]
+fn gpu_argmax_matches_cpu_reference() {
+    let gpu = common::gpu();
+    let mut rng = Pcg::new(11);
+    let base: Vec<f32> = (0..70001).map(|_| rng.next_f32() * 12.0 - 6.0).collect();
+    let first_max = |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b }) as u32;
+    let mut cases: Vec<Vec<f32>> = (0..16).map(|e| {
+        let mut v = base.clone();
+        v[3 * 4096 + e * 256 + 17] = 9.0;
+        v
+    }).collect();
+    let mut tail = base.clone();
+    tail[70000] = 9.0;
+    cases.push(tail);
+    let mut tied = base.clone();
+    tied[8 * 4096 + 2 * 256 + 5] = 9.0;
+    tied[8 * 4096 + 11 * 256 + 5] = 9.0;
+    tied[40000] = 9.0;
+    cases.push(tied);
+    for (i, logits) in cases.iter().enumerate() {
+        assert_eq!(pollster::block_on(apply_argmax(&gpu, logits)).unwrap(), first_max(logits), "case {i}");
+    }
 }
 
 /// Prefill attention's tile stages for the workgroup memory an adapter has: the largest that
