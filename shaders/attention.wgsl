@@ -158,7 +158,7 @@ fn q_dot(qb: u32, w: u32, hw: u32, kk: vec2<f32>) -> f32 {
 }
 
 // A block query's dot product with key words w, w + TPK, w + 2·TPK, w + 3·TPK (raw).
-fn dot4(qb: u32, w: u32, hw: u32, raw: vec4<u32>, from_kc: bool) -> f32 {
+fn key_dot4(qb: u32, w: u32, hw: u32, raw: vec4<u32>, from_kc: bool) -> f32 {
     return q_dot(qb, w, hw, key_of(raw.x, w, hw, from_kc)) + q_dot(qb, w + TPK, hw, key_of(raw.y, w + TPK, hw, from_kc))
         + q_dot(qb, w + 2u * TPK, hw, key_of(raw.z, w + 2u * TPK, hw, from_kc))
         + q_dot(qb, w + 3u * TPK, hw, key_of(raw.w, w + 3u * TPK, hw, from_kc));
@@ -257,10 +257,10 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         for (var g = 0u; g < HEADS; g++) {
             if (g < members) {
                 let qb = g * hd;
-                s[g] = dot4(qb, share, hw, t.k0, from_kc);
-                if (4u * TPK < hw) { s[g] += dot4(qb, share + 4u * TPK, hw, t.k1, from_kc); }
+                s[g] = key_dot4(qb, share, hw, t.k0, from_kc);
+                if (4u * TPK < hw) { s[g] += key_dot4(qb, share + 4u * TPK, hw, t.k1, from_kc); }
                 if (8u * TPK < hw) {
-                    s[g] += dot4(qb, share + 8u * TPK, hw, t.k2, from_kc) + dot4(qb, share + 12u * TPK, hw, t.k3, from_kc);
+                    s[g] += key_dot4(qb, share + 8u * TPK, hw, t.k2, from_kc) + key_dot4(qb, share + 12u * TPK, hw, t.k3, from_kc);
                 }
             }
         }
