@@ -585,7 +585,8 @@ impl Builder<'_> {
             let lanes = self.gpu.matvec_lanes(m.k, rows as usize, glu && at.post.is_some());
             // `many` has no GLU, POST or MERGE.
             let input = match (at.merged_heads, at.post) {
-                (Some(_), _) => MatVecInput::Merged,
+                (Some(_), Some(_)) => unreachable!("{}: a matvec merges attention's splits or folds a post-norm, not both", m.name),
+                (Some(_), None) => MatVecInput::Merged,
                 (None, Some(_)) => MatVecInput::PostNorm,
                 (None, None) => MatVecInput::Direct,
             };
