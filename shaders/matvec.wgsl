@@ -213,11 +213,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (MERGE_VEC4S > 1u) { merge_splits(lid); }
     var acc = add(add(apply4(w0, xb, lane, n4, norm, glu), apply4(w1, xb, lane + LANES, n4, norm, glu)),
                   add(apply4(w2, xb, lane + 2u * LANES, n4, norm, glu), apply4(w3, xb, lane + 3u * LANES, n4, norm, glu)));
-    // Four groups per iteration: their loads are independent, so they are all in flight at
-    // once (on GPUs the lanes usually cover a row in the first four).
-    for (var g = lane + 4u * LANES; g < n4; g += 4u * LANES) {
+    // Four groups per iteration while four remain: their loads are independent, so they are
+    // all in flight at once (on GPUs the lanes usually cover a row in the first four). Then
+    // one at a time: a last few (Gemma's gate/up rows at 32 lanes: one) cost no more than
+    // themselves.
+    var g = lane + 4u * LANES;
+    for (; g + 3u * LANES < n4; g += 4u * LANES) {
         acc = add(acc, add(add(group4(rr, xb, g, n4, norm, glu), group4(rr, xb, g + LANES, n4, norm, glu)),
                            add(group4(rr, xb, g + 2u * LANES, n4, norm, glu), group4(rr, xb, g + 3u * LANES, n4, norm, glu))));
+    }
+    for (; g < n4; g += LANES) {
+        acc = add(acc, group4(rr, xb, g, n4, norm, glu));
     }
     var dots = vec2<f32>(0.0);
     if (POST) {
