@@ -73,15 +73,11 @@ fn argmax_chunks() -> u32 {
     return (sp.vocab + ARGMAX_CHUNK - 1u) / ARGMAX_CHUNK;
 }
 
-// Logit i of a chunk ending at `end`; past it the lowest float (the load reads the chunk's
-// last logit instead, so the loads need no branch).
-fn chunk_logit(i: u32, end: u32) -> f32 {
-    return select(-3.4e38, logits[min(i, end - 1u)], i < end);
-}
-
-// A thread's logits i, i + WG, i + 2·WG, i + 3·WG of a chunk ending at `end`.
+// A thread's logits i, i + WG, i + 2·WG, i + 3·WG of a chunk ending at `end` (past it, the
+// chunk's last logit again, which better4 skips: the loads need no branch).
 fn chunk_logits4(i: u32, end: u32) -> vec4<f32> {
-    return vec4<f32>(chunk_logit(i, end), chunk_logit(i + WG, end), chunk_logit(i + 2u * WG, end), chunk_logit(i + 3u * WG, end));
+    let last = end - 1u;
+    return vec4<f32>(logits[min(i, last)], logits[min(i + WG, last)], logits[min(i + 2u * WG, last)], logits[min(i + 3u * WG, last)]);
 }
 
 // Best of (bv, bi) and the four logits at i, i + WG, ... (in index order, so ties keep the
