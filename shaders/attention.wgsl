@@ -42,22 +42,19 @@ var<workgroup> corr: array<f32, HEADS>;
 
 #include rotary
 
-// Fused decode prologue (rope_kv.wgsl's work for this head): q from `qb`, and with `own` the
-// key and value of the kv head at `kb` (raw, as the QKV matvec wrote them): q/k norms,
-// rotation, and q's attention scale. Everything it reads from memory (q, k, v, the norm
-// weights, the rotation's frequency) is loaded before its first barrier, so the loads
-// wait once, together. Uniform control flow: every invocation calls it.
-fn prepare(qb: u32, kb: u32, own: bool, pos: u32) {
+// Fused decode prologue (rope_kv.wgsl's work for this head): this invocation's dimension
+// of q and, with `own`, of the kv head's key and value (`v`: raw, as the QKV projection made
+// them), and the q and k norm weights of that dimension (`nw`): q/k norms, rotation, and
+// q's attention scale. Callers load everything from memory before calling it, so the loads
+// wait once, together, before its first barrier. Uniform control flow: every invocation
+// calls it.
+fn prepare(v: vec3<f32>, nw: vec2<f32>, own: bool, pos: u32) {
     let lid = local_id;
     let hd = ap.head_dim;
-    let kv_dim = ap.n_kv * hd;
     let normed = (ap.flags & 4u) != 0u;
-    let i = min(lid, hd - 1u);
-    let qv = q[qb + i];
-    let kv = q[kb + i];
-    let vv = q[kb + kv_dim + i];
-    var nw = vec2<f32>(1.0);
-    if (normed) { nw = vec2<f32>(norm_w[i], norm_w[hd + i]); }
+    let qv = v.x;
+    let kv = v.y;
+    let vv = v.z;
     let rotating = lid < ap.n_rot / 2u;
     let r = rotation(min(lid, ap.n_rot / 2u - 1u), pos, ap.n_rot, (ap.flags & 2u) != 0u);
     if (lid < hd) {
@@ -186,60 +183,77 @@ fn weigh4(g: u32, j: u32, slices: u32, raw: vec4<u32>, at: ValueSite) -> vec2<f3
         + prob(g, j + 2u * slices) * value_of(raw.z, j + 2u * slices, at) + prob(g, j + 3u * slices) * value_of(raw.w, j + 3u * slices, at);
 }
 
+// How a workgroup's threads share a block's work: TPK threads per key in the dot products
+// (thread `share` of key `key` takes words share, share + TPK, ... of the head, so
+// neighbours read neighbouring words: coalesced, and no shared-memory bank conflicts on q);
+// for the values, thread (slice ks, word vw) takes keys ks, ks + slices, ... of each tile
+// and accumulates word vw (two dimensions) of every block query (threads past slices x
+// words idle). vb: its value word in a cache row.
+struct Roles { key: u32, share: u32, hw: u32, slices: u32, ks: u32, vw: u32, vb: u32 }
+
+fn roles(b: Block) -> Roles {
+    let lid = local_id;
+    let hw = ap.head_dim / 2u;
+    return Roles(lid / TPK, lid % TPK, hw, WG / hw, lid / hw, lid % hw, b.head_words + lid % hw);
+}
+
+// The block's first tile of words. Callers load it before their prologue's barriers
+// (decode's splits are one tile long); with no keys in the split, nothing uses it.
+fn first_tile(b: Block) -> TileWords {
+    let o = roles(b);
+    let n0 = select(1u, min(TILE, b.hi - b.lo), b.hi > b.lo);
+    return tile_words(b.lo, n0, (b.lo + min(o.key, n0 - 1u)) * b.kv_words + b.head_words, o.share, o.hw, o.ks, o.slices, b.kv_words, o.vb);
+}
+
 @compute @workgroup_size(256)
 fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     local_id = lid;
-    let split = wid.y;
     let hd = ap.head_dim;
     let b = block(wid);
-    let h0 = b.h0;
-    let t0 = b.t0;
-    let members = b.members;
-    let lo = b.lo;
-    let hi = b.hi;
-    let kv_words = b.kv_words;
-    let head_words = b.head_words;
     let group = ap.n_head / ap.n_kv;
-    let kvh = h0 / group;
-    let pos = step.pos0 + t0;
-
-    let qb = t0 * ap.q_stride + h0 * hd;
+    let kvh = b.h0 / group;
+    let pos = step.pos0 + b.t0;
     let fused = (ap.flags & 1u) != 0u;
-    // Dot products: TPK threads per key; thread `share` takes words share, share + TPK, ... of
-    // the head, so neighbours read neighbouring words (coalesced, and no shared-memory bank
-    // conflicts on q).
-    let key = lid / TPK;
-    let share = lid % TPK;
-    // Values: thread (slice ks, word vw) takes keys ks, ks + slices, ... of each tile;
-    // acc[g] holds block query g's two values of word vw (threads past slices x words idle).
-    let hw = hd / 2u;
-    let slices = WG / hw;
-    let ks = lid / hw;
-    let vw = lid % hw;
-    let vb = head_words + vw;
-    // The first tile's words go out before the prologue's barriers (decode's splits are one
-    // tile long). With no keys in the split, nothing uses them.
-    let n0 = select(1u, min(TILE, hi - lo), hi > lo);
-    let first = tile_words(lo, n0, (lo + min(key, n0 - 1u)) * kv_words + head_words, share, hw, ks, slices, kv_words, vb);
+    let first = first_tile(b);
     // Fused decode (one query per block): the workgroup whose split holds this step's
     // position makes its key (and value) itself; the first query head of each kv group also
     // appends them to the cache.
-    let own = fused && pos >= lo && pos < hi;
+    let own = fused && pos >= b.lo && pos < b.hi;
     if (fused) {
-        prepare(qb, t0 * ap.q_stride + (ap.n_head + kvh) * hd, own, pos);
-        if (own && h0 % group == 0u) {
-            let dst = pos * kv_words + head_words;
+        let qb = b.t0 * ap.q_stride + b.h0 * hd;
+        let kb = b.t0 * ap.q_stride + (ap.n_head + kvh) * hd;
+        let i = min(lid, hd - 1u);
+        var nw = vec2<f32>(1.0);
+        if ((ap.flags & 4u) != 0u) { nw = vec2<f32>(norm_w[i], norm_w[hd + i]); }
+        prepare(vec3<f32>(q[qb + i], q[kb + i], q[kb + ap.n_kv * hd + i]), nw, own, pos);
+        if (own && b.h0 % group == 0u) {
+            let dst = pos * b.kv_words + b.head_words;
             for (var w = lid; w < hd / 2u; w += WG) {
                 k_cache[dst + w] = pack2x16float(vec2<f32>(kc[2u * w], kc[2u * w + 1u]));
                 v_cache[dst + w] = pack2x16float(vec2<f32>(vc[2u * w], vc[2u * w + 1u]));
             }
         }
     } else {
-        for (var i = lid; i < members * hd; i += WG) {
-            let m = member(i / hd, h0, t0);
+        for (var i = lid; i < b.members * hd; i += WG) {
+            let m = member(i / hd, b.h0, b.t0);
             qs[i] = q[m.y * ap.q_stride + m.x * hd + i % hd] * ap.scale;
         }
     }
+    // With one split this is the whole attention: it writes the result (no combine runs).
+    attend(b, wid.y, own, pos, first, step.splits == 1u);
+}
+
+// The block's queries (in qs) against the keys b.lo..b.hi-1, from the tile `first` on: this
+// split's partial results, or with `whole` (one split) the normalised output. `own`: this
+// step's key and value at `pos` are in kc and vc. Every invocation must call it.
+fn attend(b: Block, split: u32, own: bool, pos: u32, first: TileWords, whole: bool) {
+    let lid = local_id;
+    let hd = ap.head_dim;
+    let members = b.members;
+    let o = roles(b);
+    let hw = o.hw;
+    let slices = o.slices;
+    let ks = o.ks;
     if (lid < members) { m_run[lid] = NEG; }
     var l = 0.0; // running sum, kept by thread g < members
     workgroupBarrier();
@@ -247,20 +261,20 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var acc: array<vec2<f32>, HEADS>;
     for (var g = 0u; g < HEADS; g++) { acc[g] = vec2<f32>(0.0); }
     // (acc and s are indexed by block query: see the header.)
-    for (var c = lo; c < hi; c += TILE) {
-        let n = min(TILE, hi - c);
+    for (var c = b.lo; c < b.hi; c += TILE) {
+        let n = min(TILE, b.hi - c);
         var s: array<f32, HEADS>;
-        let kb = (c + min(key, n - 1u)) * kv_words + head_words;
-        let from_kc = own && c + min(key, n - 1u) == pos;
+        let kb = (c + min(o.key, n - 1u)) * b.kv_words + b.head_words;
+        let from_kc = own && c + min(o.key, n - 1u) == pos;
         var t = first;
-        if (c > lo) { t = tile_words(c, n, kb, share, hw, ks, slices, kv_words, vb); }
+        if (c > b.lo) { t = tile_words(c, n, kb, o.share, hw, ks, slices, b.kv_words, o.vb); }
         for (var g = 0u; g < HEADS; g++) {
             if (g < members) {
                 let qb = g * hd;
-                s[g] = key_dot4(qb, share, hw, t.k0, from_kc);
-                if (4u * TPK < hw) { s[g] += key_dot4(qb, share + 4u * TPK, hw, t.k1, from_kc); }
+                s[g] = key_dot4(qb, o.share, hw, t.k0, from_kc);
+                if (4u * TPK < hw) { s[g] += key_dot4(qb, o.share + 4u * TPK, hw, t.k1, from_kc); }
                 if (8u * TPK < hw) {
-                    s[g] += key_dot4(qb, share + 8u * TPK, hw, t.k2, from_kc) + key_dot4(qb, share + 12u * TPK, hw, t.k3, from_kc);
+                    s[g] += key_dot4(qb, o.share + 8u * TPK, hw, t.k2, from_kc) + key_dot4(qb, o.share + 12u * TPK, hw, t.k3, from_kc);
                 }
             }
         }
@@ -271,7 +285,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         let g = lid / TILE;
         let j = lid % TILE;
         // Key c + j within this query's causal (and sliding) window?
-        let pos_g = step.pos0 + member(g, h0, t0).y;
+        let pos_g = step.pos0 + member(g, b.h0, b.t0).y;
         let seen = j < n && c + j >= first_key(pos_g) && c + j <= pos_g;
         if (g < members) {
             var d = 0.0;
@@ -282,8 +296,8 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         if (g < members) {
             var mx = vec4<f32>(m_run[g]);
             for (var jj = 0u; jj < TILE; jj += 4u) {
-                let b = g * TILE + jj;
-                mx = max(mx, vec4<f32>(sc[b], sc[b + 1u], sc[b + 2u], sc[b + 3u]));
+                let i = g * TILE + jj;
+                mx = max(mx, vec4<f32>(sc[i], sc[i + 1u], sc[i + 2u], sc[i + 3u]));
             }
             let m = max(max(mx.x, mx.y), max(mx.z, mx.w));
             pr[lid] = select(0.0, exp(sc[lid] - m), seen);
@@ -296,8 +310,8 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         if (lid < members) {
             var sum = vec4<f32>(0.0);
             for (var jj = 0u; jj < TILE; jj += 4u) {
-                let b = lid * TILE + jj;
-                sum += vec4<f32>(pr[b], pr[b + 1u], pr[b + 2u], pr[b + 3u]);
+                let i = lid * TILE + jj;
+                sum += vec4<f32>(pr[i], pr[i + 1u], pr[i + 2u], pr[i + 3u]);
             }
             l = l * corr[lid] + sum.x + sum.y + sum.z + sum.w;
             m_run[lid] = m_new[lid];
@@ -307,7 +321,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 if (g < members) { acc[g] *= corr[g]; }
             }
             // Keys past n have p = 0 and read a valid row instead of branching.
-            let at = ValueSite(c, n, own, pos, vw);
+            let at = ValueSite(c, n, own, pos, o.vw);
             for (var g = 0u; g < HEADS; g++) {
                 if (g < members) {
                     acc[g] += weigh4(g, ks, slices, t.v0, at);
@@ -321,19 +335,17 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         workgroupBarrier();
     }
 
-    // Sum the slices, one block query at a time (red holds [slice][head_dim]). With one
-    // split this is the whole attention: normalise and write the result (no combine runs).
-    let whole = step.splits == 1u;
+    // Sum the slices, one block query at a time (red holds [slice][head_dim]).
     if (lid < members) { corr[lid] = l; } // now each block query's sum
     let stride = part_stride(hd);
     for (var g = 0u; g < HEADS; g++) {
         if (g < members) {
             if (ks < slices) {
-                red[ks * hd + 2u * vw] = acc[g].x;
-                red[ks * hd + 2u * vw + 1u] = acc[g].y;
+                red[ks * hd + 2u * o.vw] = acc[g].x;
+                red[ks * hd + 2u * o.vw + 1u] = acc[g].y;
             }
             workgroupBarrier();
-            let m = member(g, h0, t0);
+            let m = member(g, b.h0, b.t0);
             let pb = ((m.y * ap.n_head + m.x) * step.splits + split) * stride;
             let ob = (m.y * ap.n_head + m.x) * hd;
             for (var d = lid; d < hd; d += WG) {

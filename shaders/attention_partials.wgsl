@@ -5,3 +5,10 @@
 fn part_stride(hd: u32) -> u32 {
     return hd + 4u;
 }
+
+// Where decode attention that projects its own q, k and v (attention_projected.wgsl) leaves,
+// after its one token's split partials, each head's q, this step's key and its value (in
+// that order, head_dim floats each) for matvec.wgsl's OWN merge.
+fn own_base(n_head: u32, splits: u32, hd: u32) -> u32 {
+    return n_head * splits * part_stride(hd);
+}

@@ -30,6 +30,9 @@
 //   runs between attention and this matvec. The engine merges where the heads fit in xm
 //   and the splits are few (short contexts); longer ones run the combine pass and a plain
 //   matvec.
+//   With OWN (after attention_projected.wgsl, which leaves this step's own key out of its
+//   splits), that key joins as one more split: each head's q·k from the q, key and value
+//   that attention left after the partials.
 //
 // `many` is the entry for matrices with many rows (vocabulary heads), which are bound by
 // bandwidth rather than latency: each group of LANES lanes takes 8 rows, loading (and
@@ -67,6 +70,9 @@ override MERGE_VEC4S: u32 = 1u;
 // Set only in POST's pipelines, so other matvecs compile without its path.
 override POST: bool = false;
 var<workgroup> xm: array<vec4<f32>, MERGE_VEC4S>;  // the merged attention output
+// Set only in the merging pipeline after attention_projected.wgsl.
+override OWN: bool = false;
+var<workgroup> own_dots: array<f32, MERGE_VEC4S>;  // OWN: q·k of each thread's 4 dimensions
 
 // The max of split s of the n at `base` (past the splits, whose last is read again so the
 // loads need no branch, the lowest float).
@@ -87,23 +93,42 @@ fn split_share(base: u32, s: u32, n: u32, stride4: u32, hd: u32, d4: u32, mx: f3
 
 // MERGE: the token's attention output into xm, from its `step.splits` key splits (flash
 // decoding's combine). Each thread merges its own four dimensions, reading its head's
-// splits' maxima and sums itself, so one barrier (xm's) is all the merge waits on; four
+// splits' maxima and sums itself, so one barrier (xm's) is all the merge waits on (with
+// OWN, one more: the head's q·k for this step's key, summed over its threads); four
 // splits' loads in flight per round. Every invocation must call it.
 fn merge_splits(lid: u32) {
     let hd = wp.head_dim;
+    let hd4 = hd / 4u;
     let n = step.splits;
     let stride4 = part_stride(hd) / 4u;
+    let own4 = own_base(wp.k / hd, n, hd) / 4u;
+    if (OWN) {
+        for (var g = lid; g < wp.k / 4u; g += 256u) {
+            let at = own4 + 3u * (g / hd4) * hd4 + g % hd4;
+            own_dots[g] = dot(x[at], x[at + hd4]);
+        }
+        workgroupBarrier();
+    }
     for (var g = lid; g < wp.k / 4u; g += 256u) {
         // Heads are multiples of 16 wide, so a vec4 never straddles two.
-        let h = 4u * g / hd;
-        let d4 = g - h * (hd / 4u);
+        let h = g / hd4;
+        let d4 = g - h * hd4;
         let base = h * n;
         var mx = -3.0e38;
+        var own_score = 0.0;
+        if (OWN) {
+            for (var j = h * hd4; j < (h + 1u) * hd4; j++) { own_score += own_dots[j]; }
+            mx = own_score;
+        }
         for (var s = 0u; s < n; s += 4u) {
             mx = max(max(mx, max(split_max(base, s, n, stride4, hd), split_max(base, s + 1u, n, stride4, hd))),
                      max(split_max(base, s + 2u, n, stride4, hd), split_max(base, s + 3u, n, stride4, hd)));
         }
         var acc = Share(vec4<f32>(0.0), 0.0);
+        if (OWN) {
+            let e = exp(own_score - mx);
+            acc = Share(e * x[own4 + (3u * h + 2u) * hd4 + d4], e);
+        }
         for (var s = 0u; s < n; s += 4u) {
             let a = split_share(base, s, n, stride4, hd, d4, mx);
             let b = split_share(base, s + 1u, n, stride4, hd, d4, mx);

@@ -84,6 +84,10 @@ const GLU: u32 = 16;
 /// (on the H100, 17-32 splits merged: Gemma +1%, SmolLM2 level with the combine pass; up to
 /// 64: Gemma after 1536 tokens -5%).
 const MERGE_MAX_SPLITS: usize = 32;
+/// Decode attention projects its own q/k/v (attention_projected.wgsl) where a workgroup's
+/// q rows, head_dim of them over its 256 threads, take at most this many groups of 4 columns
+/// a thread (SmolLM2: 36). Past that the projection would outlast the dispatch it saves.
+const PROJECTION_GROUPS: usize = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -475,6 +479,9 @@ pub struct Transformer {
     decode_split_keys: usize,
     /// Decode's output projection merges 2 to MERGE_MAX_SPLITS key splits itself.
     merges: bool,
+    /// Decode attention projects its own q, k and v (attention_projected.wgsl) in the steps
+    /// that merge, from 1 split on.
+    pub projects: bool,
     body_prefill: Vec<Op>,
     body_decode: Vec<Op>,
     head_last: Vec<Op>,
@@ -558,8 +565,9 @@ struct Lin<'a> {
     /// The next op can add up the slabs of a split matmul (prefill: a norm, or the rotary
     /// kernel after q/k/v), saving the SplitSum dispatch.
     sum_next: bool,
-    /// MERGE: x is attention's key-split partials of heads this wide.
-    merged_heads: Option<u32>,
+    /// MERGE: x is attention's key-split partials of heads this wide; with `true`, this
+    /// step's own q, key and value beside them (OWN, after attention_projected.wgsl).
+    merged_heads: Option<(u32, bool)>,
 }
 
 /// "attn_q+attn_k" for blk.N.attn_q.weight+blk.N.attn_k.weight: profiles sum over layers.
@@ -586,7 +594,8 @@ impl Builder<'_> {
             // `many` has no GLU, POST or MERGE.
             let input = match (at.merged_heads, at.post) {
                 (Some(_), Some(_)) => unreachable!("{}: a matvec merges attention's splits or folds a post-norm, not both", m.name),
-                (Some(_), None) => MatVecInput::Merged,
+                (Some((_, false)), None) => MatVecInput::Merged,
+                (Some((_, true)), None) => MatVecInput::MergedOwn,
                 (None, Some(_)) => MatVecInput::PostNorm,
                 (None, None) => MatVecInput::Direct,
             };
@@ -602,7 +611,7 @@ impl Builder<'_> {
                     out_stride: at.out_stride as u32,
                     flags,
                     eps: at.norm.map_or(0.0, |n| n.1),
-                    split_k: at.merged_heads.unwrap_or(m.k as u32),
+                    split_k: at.merged_heads.map_or(m.k as u32, |h| h.0),
                 },
             );
             let kernel = Kernel::MatVec(m.ty, lanes, group_rows, input);
@@ -628,7 +637,11 @@ impl Builder<'_> {
                 _ => "",
             };
             let glu_name = if glu { "+glu" } else { "" };
-            let merge = if at.merged_heads.is_some() { "merge+" } else { "" };
+            let merge = match at.merged_heads {
+                Some((_, true)) => "merge+own+",
+                Some(_) => "merge+",
+                None => "",
+            };
             // Matvec for one token, matmul for more.
             let label = format!("Linear({:?}) {merge}{fused}{}{glu_name}", m.ty, role(&m.name));
             let grid = Grid::Linear { rows, last_only: flags & LAST_TOKEN != 0, splits, glu };
@@ -841,7 +854,8 @@ impl Transformer {
         let decode_split_keys = attention_keys_per_tile(decode_queries, cfg.head_dim as u32) as usize;
         let split_slots = ctx.div_ceil(MIN_KEYS_PER_SPLIT).min(MAX_SPLITS).max(chunk_splits * max_batch);
         // attention_partials.wgsl's part_stride floats per (token, head, split).
-        let part_bytes = f32s(split_slots * cfg.n_head * (cfg.head_dim + 4));
+        // (Then each head's own q, key and value: attention_partials.wgsl's own_base.)
+        let part_bytes = f32s(split_slots * cfg.n_head * (cfg.head_dim + 4) + 3 * cfg.n_head * cfg.head_dim);
         // Rows of logits one pass can return (scoring, perplexity): about 3% of the weights'
         // size, so GPU memory stays near weights + KV cache (Gemma's 262k vocabulary makes a
         // row 1 MB), or as many as fit beside attention's partials. The two share one buffer:
@@ -905,6 +919,23 @@ impl Transformer {
         // Decode's output projection merges the key splits where they are few and the heads
         // fit matvec.wgsl's workgroup memory (GPUs: CPU adapters attend in one split).
         let merges = g.tuning().whole_attention_keys < u32::MAX && qd <= MERGE_FLOATS;
+        // Decode attention also projects its own q, k and v (one dispatch fewer a layer) where
+        // the tuning asks, that is cheap (PROJECTION_GROUPS), its output projection merges the
+        // key splits, nothing folds into the q/k/v product (a bias, a post-norm), and every
+        // layer's q, k and v stack into one buffer. Steps whose splits are too many to merge
+        // keep the q/k/v matvec.
+        let projects = g.tuning().project_attention
+            && fuse_rope
+            && merges
+            && !cfg.qkv_bias
+            && !cfg.post_norms
+            && cfg.head_dim.is_power_of_two()
+            && cfg.head_dim * e / 4 <= PROJECTION_GROUPS * 256
+            && e <= 2048
+            && (0..cfg.n_layer).all(|l| match ["attn_q", "attn_k", "attn_v"].map(|r| gguf.tensor(&format!("blk.{l}.{r}.weight"))) {
+                [Some(q), Some(k), Some(v)] => stackable(&[q, k, v]) && 2 * (q.size + k.size + v.size) <= g.max_binding(),
+                _ => false,
+            });
         let aparams = |window: u32, decode: bool| {
             let fused = decode && fuse_rope;
             let (heads, tokens) = blocks[decode as usize];
@@ -959,8 +990,18 @@ impl Transformer {
             } else {
                 None
             };
-            let qk_norm = if cfg.qk_norm {
-                Some(vectors(&[(n("attn_q_norm.weight"), cfg.head_dim), (n("attn_k_norm.weight"), cfg.head_dim)], src).await?)
+            let qk_norm_v = if cfg.qk_norm {
+                Some(read_vectors(&[(n("attn_q_norm.weight"), cfg.head_dim), (n("attn_k_norm.weight"), cfg.head_dim)], src).await?)
+            } else {
+                None
+            };
+            let qk_norm = qk_norm_v.as_ref().map(|v| upload(&n("attn_q_norm.weight"), v)).transpose()?;
+            // attention_projected.wgsl's norm weights: the input norm's, then q's and k's.
+            let projection = if projects {
+                let w = &wqkv[0].0;
+                let norms = upload(&n("attn_norm.weight"), &[attn_norm_v.as_slice(), qk_norm_v.as_deref().unwrap_or(&[])].concat())?;
+                let params = g.uniform("projparams", &U4 { a: e as u32, b: w.parts[0].scale_base, _p: [0; 2] });
+                Some((w, norms, params))
             } else {
                 None
             };
@@ -1013,6 +1054,10 @@ impl Transformer {
                 let (x, nw, res) = act.normed_input(decode, (&attn_norm, eps), before_attn, (&act.x_alt, &act.x));
                 let norm_w = qk_norm.as_ref().unwrap_or(&dummy);
                 let fused = decode && fuse_rope;
+                let projected = projection.as_ref().filter(|_| decode);
+                if projected.is_some() {
+                    b.when = When::Combined;
+                }
                 // One q/k/v matrix split over its columns leaves its slabs to the rotary kernel.
                 let sum_next = !fused && wqkv.len() == 1;
                 for (m, offset) in &wqkv {
@@ -1033,11 +1078,18 @@ impl Transformer {
                     }
                 };
                 b.op(kernel, &abind, grid);
+                if let Some((w, norms, params)) = projected {
+                    b.when = When::Merged;
+                    let bind = [&act.x, &k_cache, &v_cache, &act.part, &attn_params[swa][1], &step, &act.att, norms, freqs, &w.parts[0].buffer, params];
+                    let blocks = (cfg.n_head + 2 * cfg.n_kv_head) as u32;
+                    let rounds = (cfg.head_dim * e / 1024).div_ceil(8) as u32;
+                    b.op(Kernel::AttentionProjected(w.ty, attention_keys_per_tile(1, cfg.head_dim as u32), rounds), &bind, Grid::Attention { blocks, tokens: 1 });
+                }
                 // The output projection: after the combine pass, or (decode, few splits)
                 // merging the splits itself.
                 let hd = cfg.head_dim as u32;
                 let projections: &[_] = if decode && merges {
-                    &[(When::Combined, &act.att, None), (When::Merged, &act.part, Some(hd))]
+                    &[(When::Combined, &act.att, None), (When::Merged, &act.part, Some((hd, projects)))]
                 } else {
                     &[(When::Always, &act.att, None)]
                 };
@@ -1148,6 +1200,7 @@ impl Transformer {
             split_slots,
             decode_split_keys,
             merges,
+            projects,
             body_prefill,
             body_decode,
             head_last,
@@ -1254,7 +1307,10 @@ impl Transformer {
         };
         let chunk = keys.div_ceil(splits);
         let step = Step { n_tok: n_tok as u32, pos0: pos0 as u32, splits: splits as u32, chunk: chunk as u32 };
-        let merged = self.merges && (2..=MERGE_MAX_SPLITS).contains(&splits);
+        // Attention that projects its own q/k/v leaves this step's key to the merge, even
+        // with one split.
+        let fewest = if self.projects { 1 } else { 2 };
+        let merged = self.merges && (fewest..=MERGE_MAX_SPLITS).contains(&splits);
         (Shape { n_tok: n_tok as u32, splits: splits as u32, merged }, step)
     }
 

@@ -69,6 +69,16 @@ struct Model {
 
 impl Model {
     fn new(arch: &'static str, hd: usize) -> Model {
+        Model::build(arch, hd, true)
+    }
+
+    /// With layer 0's q/k/v and gate/up stacked like layer 1's, so that every layer's q/k/v
+    /// is one matrix (what attention that projects its own q/k/v needs).
+    fn stacked(arch: &'static str, hd: usize) -> Model {
+        Model::build(arch, hd, false)
+    }
+
+    fn build(arch: &'static str, hd: usize, mixed_layer0: bool) -> Model {
         let (qd, kvd) = (HEADS * hd, KV_HEADS * hd);
         let mut seed = 0;
         let mut next = || {
@@ -83,7 +93,7 @@ impl Model {
             // Layer 0 mixes types within q/k/v and gate/up that do not stack (separate
             // matvecs); layer 1 stacks them: q/k/v as one Q8_0 matrix, its k widened from
             // Q5_0, and gate/up (one type) with the fused GLU.
-            let (k_ty, up_ty) = if l == 0 { (GgmlType::F16, GgmlType::Q4K) } else { (GgmlType::Q5_0, GgmlType::Q4_0) };
+            let (k_ty, up_ty) = if l == 0 && mixed_layer0 { (GgmlType::F16, GgmlType::Q4K) } else { (GgmlType::Q5_0, GgmlType::Q4_0) };
             w.push(weight(&n("attn_q.weight"), qd, EMBD, GgmlType::Q8_0, next()));
             w.push(weight(&n("attn_k.weight"), kvd, EMBD, k_ty, next()));
             w.push(weight(&n("attn_v.weight"), kvd, EMBD, GgmlType::Q8_0, next()));
@@ -259,7 +269,12 @@ fn rope_neox(head: &mut [f32], pos: usize) {
 /// workgroup and the decode attention that rotates and appends itself, in tiles of 64 keys
 /// for heads up to 64 wide, else 32).
 fn check(arch: &'static str, head_dim: usize, tuning: Tuning, f16: bool) {
-    let model = Model::new(arch, head_dim);
+    check_model(Model::new(arch, head_dim), tuning, f16, false);
+}
+
+/// `projects`: whether decode attention must project its own q/k/v.
+fn check_model(model: Model, tuning: Tuning, f16: bool, projects: bool) {
+    let arch = model.arch;
     let bytes = model.gguf();
     let mut gpu = pollster::block_on(Gpu::new()).unwrap();
     gpu.set_tuning(tuning);
@@ -290,6 +305,7 @@ fn check(arch: &'static str, head_dim: usize, tuning: Tuning, f16: bool) {
     // on the same tokens, position by position.
     let decoder = load();
     let m = &decoder.model;
+    assert_eq!(m.projects, projects, "{arch}: attention projecting its own q/k/v");
     let decode = compare(arch, "decode path", &want, |pos| {
         pollster::block_on(m.forward(&[tokens[pos]], pos, Logits::Last)).unwrap();
         bytemuck::cast_slice(&pollster::block_on(m.gpu.read(&m.logits, 0, (VOCAB * 4) as u64)).unwrap()).to_vec()
@@ -440,6 +456,14 @@ fn qwen2_in_gpu_tuning_matches_cpu_reference() {
 #[test]
 fn qwen3_in_gpu_tuning_matches_cpu_reference() {
     check("qwen3", 128, Tuning { min_workgroups: 0, ..GPU }, false);
+}
+
+/// Decode attention projecting its own q/k/v (attention_projected.wgsl), with the output
+/// projection merging this step's key (64-wide heads: 4 lanes a row over 16 groups of
+/// columns; up to 3 splits of 64 keys, and 1 split, with 0 keys, at the first position).
+#[test]
+fn qwen3_with_projected_attention_matches_cpu_reference() {
+    check_model(Model::stacked("qwen3", 64), Tuning { project_attention: true, ..GPU }, false, true);
 }
 
 /// The GPU tuning's prefill matmuls with f16 tiles (lavapipe has shader-f16). qwen3 only:
