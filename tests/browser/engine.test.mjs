@@ -78,9 +78,10 @@ test('wasm engine: SmolLM2 teacher forcing in Chromium agrees with llama.cpp and
 // On a software adapter the engine shapes its kernels for CPUs, so the GPU shapes (row
 // reductions over 32 lanes, SwiftShader's 4-wide subgroups each adding up 4 of them by
 // shuffles; one attention head per workgroup with its fused rotation and cache append; the
-// output projection that merges key splits; prefill attention's register tiles) would first
+// output projection that merges key splits; in browsers, decode attention that projects
+// its own q/k/v for SmolLM2's small heads; prefill attention's register tiles) would first
 // meet Chromium's WGSL compiler, Tint, on a user's GPU. The load compiles every pipeline;
-// one decode step runs. Tint is stricter than naga: it rejects '>=' mixed with '&'
+// decode steps run. Tint is stricter than naga: it rejects '>=' mixed with '&'
 // unparenthesized, which naga accepts and which once kept every model from loading on real
 // GPUs in Chrome.
 test('wasm engine: the GPU-shaped kernels compile in Chromium and agree with the CPU-shaped ones', { timeout: 900_000 }, async () => {
@@ -89,6 +90,7 @@ test('wasm engine: the GPU-shaped kernels compile in Chromium and agree with the
     model: '/models/SmolLM2-135M-Instruct.Q4_1.gguf', text, continuation: [], topIds, tuning: 'gpu', greedyTokens: 2,
   });
   assert.deepEqual(got.prompt, cpuShaped.prompt);
+  assert.ok(got.decodeOps?.some((l) => l.startsWith('AttentionProjected')), `decode ran ${[...new Set(got.decodeOps)].join(', ')}, not the projecting attention`);
   const want = decisiveGreedy(got.prompt.length, got.greedy.length);
   assert.deepEqual(got.greedy.slice(0, want.length), want, 'greedy decode differs from llama.cpp');
   got.argmax.forEach((id, i) => {

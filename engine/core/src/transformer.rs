@@ -998,6 +998,8 @@ impl Transformer {
             let qk_norm = qk_norm_v.as_ref().map(|v| upload(&n("attn_q_norm.weight"), v)).transpose()?;
             // attention_projected.wgsl's norm weights: the input norm's, then q's and k's.
             let projection = if projects {
+                // (`projects` checked that q, k and v stack, and fit one binding.)
+                debug_assert!(wqkv.len() == 1 && wqkv[0].0.parts.len() == 1, "layer {l}: q/k/v are not one buffer");
                 let w = &wqkv[0].0;
                 let norms = upload(&n("attn_norm.weight"), &[attn_norm_v.as_slice(), qk_norm_v.as_deref().unwrap_or(&[])].concat())?;
                 let params = g.uniform("projparams", &U4 { a: e as u32, b: w.parts[0].scale_base, _p: [0; 2] });
