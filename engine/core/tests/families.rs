@@ -136,7 +136,7 @@ impl Model {
             (format!("{a}.attention.key_length"), Value::U32(hd as u32)),
             (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(EPS)),
             (format!("{a}.rope.freq_base"), Value::F32(ROPE_BASE)),
-            (format!("{a}.context_length"), Value::U32(256)),
+            (format!("{a}.context_length"), Value::U32(4096)),
             ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
             ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
             ("tokenizer.ggml.tokens".into(), Value::Array((0..VOCAB).map(|i| Value::String(format!("t{i}"))).collect())),
@@ -464,6 +464,37 @@ fn qwen3_in_gpu_tuning_matches_cpu_reference() {
 #[test]
 fn qwen3_with_projected_attention_matches_cpu_reference() {
     check_model(Model::stacked("qwen3", 64), Tuning { project_attention: true, ..GPU }, false, true);
+}
+
+/// Past 32 key splits (64-key tiles: 2048 positions) a decode step combines the splits in a
+/// pass of its own, which the projecting attention does not feed: those steps take the q/k/v
+/// matvec and the attention that reads its output, in the same op list.
+#[test]
+fn projected_attention_hands_long_contexts_to_the_qkv_matvec() {
+    let model = Model::stacked("qwen3", 64);
+    let bytes = model.gguf();
+    let mut gpu = pollster::block_on(Gpu::new()).unwrap();
+    gpu.set_tuning(Tuning { project_attention: true, ..GPU });
+    let gpu = std::sync::Arc::new(gpu);
+    let engine = pollster::block_on(async {
+        let mut bytes = bytes.clone();
+        Engine::load(gpu, &mut bytes, &Options { ctx: 2176, max_batch: 256 }).await
+    })
+    .unwrap();
+    let m = &engine.model;
+    assert!(m.projects);
+    // Decode from 2044 (32 splits, merged) to 2052 (33, combined).
+    let (first, end) = (2044, 2052);
+    let tokens: Vec<u32> = (0..end as u32).map(|i| (i * 37 + 5) % VOCAB as u32).collect();
+    let want = model.forward(&tokens);
+    for (i, chunk) in tokens[..first].chunks(256).enumerate() {
+        pollster::block_on(m.forward(chunk, i * 256, Logits::None)).unwrap();
+    }
+    compare("qwen3", "decode past 32 splits", &want[first..], |i| {
+        let pos = first + i;
+        pollster::block_on(m.forward(&[tokens[pos]], pos, Logits::Last)).unwrap();
+        bytemuck::cast_slice(&pollster::block_on(m.gpu.read(&m.logits, 0, (VOCAB * 4) as u64)).unwrap()).to_vec()
+    });
 }
 
 /// The GPU tuning's prefill matmuls with f16 tiles (lavapipe has shader-f16). qwen3 only:
