@@ -8,8 +8,9 @@
 //!   gloss info --model M
 //!
 //! Sampling: --temperature T (0 = greedy) --top-k K --top-p P --min-p P --repeat-penalty R
-//! --presence-penalty P --frequency-penalty F --seed S. Model options: --ctx N --batch N, and --f16 on|off to
-//! override the adapter's default kernel precision (to compare the two paths).
+//! --presence-penalty P --frequency-penalty F --seed S. Model options: --ctx N --batch N, --f16 on|off to
+//! override the adapter's default kernel precision, and --project-attention on|off the browsers' decode
+//! attention that projects its own q/k/v (to compare the paths on one adapter).
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use gloss_engine::engine::now_ms;
 use gloss_engine::transformer::Logits;
-use gloss_engine::{Chat, Engine, Error, FileSource, Flow, GenerateOptions, Gpu, Options, Result, Sampling};
+use gloss_engine::{Chat, Engine, Error, FileSource, Flow, GenerateOptions, Gpu, Options, Result, Sampling, Tuning};
 
 const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -86,6 +87,13 @@ async fn load_timed(args: &Args) -> Result<(Engine, f64)> {
         Some("on") => return Err(Error::Unsupported(format!("--f16 on: {} has no shader-f16", gpu.summary.name))),
         Some(v) => return Err(Error::Invalid(format!("--f16 takes on or off, not `{v}`"))),
     }
+    let project = match args.get("project-attention") {
+        None => gpu.tuning().project_attention,
+        Some("on") => true,
+        Some("off") => false,
+        Some(v) => return Err(Error::Invalid(format!("--project-attention takes on or off, not `{v}`"))),
+    };
+    gpu.set_tuning(Tuning { project_attention: project, ..gpu.tuning() });
     let gpu = Arc::new(gpu);
     let mut src = FileSource::open(path)?;
     let opts = Options { ctx: args.num("ctx", 4096)?, max_batch: args.num("batch", 256)? };
