@@ -72,7 +72,7 @@ override POST: bool = false;
 var<workgroup> xm: array<vec4<f32>, MERGE_VEC4S>;  // the merged attention output
 // Set only in the merging pipeline after attention_projected.wgsl.
 override OWN: bool = false;
-var<workgroup> own_dots: array<f32, MERGE_VEC4S>;  // OWN: q·k of each thread's 4 dimensions
+var<workgroup> own_dots: array<f32, MERGE_VEC4S>;  // OWN: q·k of each thread's 4 dimensions (a thread each: MERGE_VEC4S >= 256)
 
 // The max of split s of the n at `base` (past the splits, whose last is read again so the
 // loads need no branch, the lowest float).
@@ -91,52 +91,62 @@ fn split_share(base: u32, s: u32, n: u32, stride4: u32, hd: u32, d4: u32, mx: f3
     return Share(e * x[row + d4], e * ml.y);
 }
 
+// A head's splits merged for its dimensions 4d4..4d4+3: their largest max, and their shares
+// weighted by it. Four splits' loads in flight per round; the shares' loads do not wait on
+// the max.
+struct Merged { m: f32, s: Share }
+
+fn splits_merged(base: u32, n: u32, stride4: u32, hd: u32, d4: u32) -> Merged {
+    var mx = -3.0e38;
+    for (var s = 0u; s < n; s += 4u) {
+        mx = max(max(mx, max(split_max(base, s, n, stride4, hd), split_max(base, s + 1u, n, stride4, hd))),
+                 max(split_max(base, s + 2u, n, stride4, hd), split_max(base, s + 3u, n, stride4, hd)));
+    }
+    var acc = Share(vec4<f32>(0.0), 0.0);
+    for (var s = 0u; s < n; s += 4u) {
+        let a = split_share(base, s, n, stride4, hd, d4, mx);
+        let b = split_share(base, s + 1u, n, stride4, hd, d4, mx);
+        let c = split_share(base, s + 2u, n, stride4, hd, d4, mx);
+        let d = split_share(base, s + 3u, n, stride4, hd, d4, mx);
+        acc = Share(acc.v + a.v + b.v + c.v + d.v, acc.l + a.l + b.l + c.l + d.l);
+    }
+    return Merged(mx, acc);
+}
+
 // MERGE: the token's attention output into xm, from its `step.splits` key splits (flash
 // decoding's combine). Each thread merges its own four dimensions, reading its head's
-// splits' maxima and sums itself, so one barrier (xm's) is all the merge waits on (with
-// OWN, one more: the head's q·k for this step's key, summed over its threads); four
-// splits' loads in flight per round. Every invocation must call it.
+// splits' maxima and sums itself, so one barrier (xm's) is all the merge waits on. With OWN
+// (heads x head_dim at most 1024: one group of four dimensions a thread), this step's key
+// joins as one more split: the thread's share of its head's q·k goes through workgroup
+// memory behind one more barrier, its loads out with the splits'. Every invocation must
+// call it.
 fn merge_splits(lid: u32) {
     let hd = wp.head_dim;
     let hd4 = hd / 4u;
     let n = step.splits;
     let stride4 = part_stride(hd) / 4u;
-    let own4 = own_base(wp.k / hd, n, hd) / 4u;
+    let k4 = wp.k / 4u;
     if (OWN) {
-        for (var g = lid; g < wp.k / 4u; g += 256u) {
-            let at = own4 + 3u * (g / hd4) * hd4 + g % hd4;
-            own_dots[g] = dot(x[at], x[at + hd4]);
-        }
-        workgroupBarrier();
-    }
-    for (var g = lid; g < wp.k / 4u; g += 256u) {
         // Heads are multiples of 16 wide, so a vec4 never straddles two.
+        let g = min(lid, k4 - 1u);
         let h = g / hd4;
         let d4 = g - h * hd4;
-        let base = h * n;
-        var mx = -3.0e38;
-        var own_score = 0.0;
-        if (OWN) {
-            for (var j = h * hd4; j < (h + 1u) * hd4; j++) { own_score += own_dots[j]; }
-            mx = own_score;
+        let at = own_base(wp.k / hd, n, hd) / 4u + 3u * h * hd4 + d4;
+        let v = x[at + 2u * hd4];
+        own_dots[lid] = select(0.0, dot(x[at], x[at + hd4]), lid < k4);
+        let r = splits_merged(h * n, n, stride4, hd, d4);
+        workgroupBarrier();
+        var own = 0.0;
+        for (var j = h * hd4; j < (h + 1u) * hd4; j++) { own += own_dots[j]; }
+        let m = max(r.m, own);
+        let split_w = exp(r.m - m);
+        let own_w = exp(own - m);
+        if (lid < k4) { xm[lid] = (split_w * r.s.v + own_w * v) / (split_w * r.s.l + own_w); }
+    } else {
+        for (var g = lid; g < k4; g += 256u) {
+            let r = splits_merged(g / hd4 * n, n, stride4, hd, g % hd4);
+            xm[g] = r.s.v / r.s.l;
         }
-        for (var s = 0u; s < n; s += 4u) {
-            mx = max(max(mx, max(split_max(base, s, n, stride4, hd), split_max(base, s + 1u, n, stride4, hd))),
-                     max(split_max(base, s + 2u, n, stride4, hd), split_max(base, s + 3u, n, stride4, hd)));
-        }
-        var acc = Share(vec4<f32>(0.0), 0.0);
-        if (OWN) {
-            let e = exp(own_score - mx);
-            acc = Share(e * x[own4 + (3u * h + 2u) * hd4 + d4], e);
-        }
-        for (var s = 0u; s < n; s += 4u) {
-            let a = split_share(base, s, n, stride4, hd, d4, mx);
-            let b = split_share(base, s + 1u, n, stride4, hd, d4, mx);
-            let c = split_share(base, s + 2u, n, stride4, hd, d4, mx);
-            let d = split_share(base, s + 3u, n, stride4, hd, d4, mx);
-            acc = Share(acc.v + a.v + b.v + c.v + d.v, acc.l + a.l + b.l + c.l + d.l);
-        }
-        xm[g] = acc.v / acc.l;
     }
     workgroupBarrier();
 }

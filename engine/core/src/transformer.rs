@@ -920,10 +920,11 @@ impl Transformer {
         // fit matvec.wgsl's workgroup memory (GPUs: CPU adapters attend in one split).
         let merges = g.tuning().whole_attention_keys < u32::MAX && qd <= MERGE_FLOATS;
         // Decode attention also projects its own q, k and v (one dispatch fewer a layer) where
-        // the tuning asks, that is cheap (PROJECTION_GROUPS), its output projection merges the
-        // key splits, nothing folds into the q/k/v product (a bias, a post-norm), and every
-        // layer's q, k and v stack into one buffer. Steps whose splits are too many to merge
-        // keep the q/k/v matvec.
+        // the tuning asks, that is cheap (PROJECTION_GROUPS; the input staged in attention's
+        // 2048 floats, the heads' outputs one group of 4 per thread of the merge: matvec.wgsl's
+        // OWN), its output projection merges the key splits, nothing folds into the q/k/v
+        // product (a bias, a post-norm), and every layer's q, k and v stack into one buffer.
+        // Steps whose splits are too many to merge keep the q/k/v matvec.
         let projects = g.tuning().project_attention
             && fuse_rope
             && merges
@@ -932,6 +933,7 @@ impl Transformer {
             && cfg.head_dim.is_power_of_two()
             && cfg.head_dim * e / 4 <= PROJECTION_GROUPS * 256
             && e <= 2048
+            && qd <= 1024
             && (0..cfg.n_layer).all(|l| match ["attn_q", "attn_k", "attn_v"].map(|r| gguf.tensor(&format!("blk.{l}.{r}.weight"))) {
                 [Some(q), Some(k), Some(v)] => stackable(&[q, k, v]) && 2 * (q.size + k.size + v.size) <= g.max_binding(),
                 _ => false,
