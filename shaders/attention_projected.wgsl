@@ -1,7 +1,8 @@
-// Decode attention that makes its own q, k and v from the layer's input (GPUs, small heads):
-// the q/k/v matvec's dispatch, with its launch and its wait for the slowest workgroup, is
-// gone from every layer (SmolLM2: 5 dispatches a layer -> 4). Appended to attention.wgsl,
-// with the stacked q/k/v weights' `load4` (quant.wgsl).
+// Decode attention that makes its own q, k and v from the layer's input (GPUs, small heads;
+// in browsers: Tuning::project_attention): the q/k/v matvec's dispatch is gone from every
+// layer (SmolLM2: 5 dispatches a layer -> 4), for more GPU work, since every split projects
+// its head's q again. Appended to attention.wgsl, with the stacked q/k/v weights' `load4`
+// (quant.wgsl).
 //
 // Workgroup (head h, split s), h < n_head: projects q_h = W_q[h] · RMSnorm(x) itself (every
 // split again: the rows come from the cache after the first), norms, rotates and scales it,
@@ -80,6 +81,7 @@ fn own_kv(j: u32, pos: u32) {
     if ((ap.flags & 4u) != 0u) { nw.y = norm_w[wp.k + hd + min(lid, hd - 1u)]; }
     let raw = project(ap.n_head * hd + select(0u, ap.n_kv * hd, is_v) + kvh * hd);
     prepare(select(vec3<f32>(0.0, raw, 0.0), vec3<f32>(0.0, 0.0, raw), is_v), nw, true, pos);
+    // (prepare's last writes are each invocation's own; the cache takes them in pairs.)
     workgroupBarrier();
     let hw = hd / 2u;
     let dst = (pos * ap.n_kv + kvh) * hw;
