@@ -3,7 +3,8 @@
 // result with its running max and sum; `combine` merges a token's splits per head. One
 // workgroup per head would leave a big GPU idle and serialise long contexts; splits keep
 // every context length parallel. `window` > 0 limits a query to its last `window` positions
-// (Gemma's sliding-window layers).
+// (Gemma's sliding-window layers). attention_projected.wgsl, appended where a pipeline
+// wants it, adds a decode entry that makes its own q, k and v; both share `attend`.
 //
 // A block is `ap.heads` query heads of one kv group (grouped-query attention) times
 // `ap.tokens` consecutive tokens, at most HEADS queries (a constant the engine prepends):
