@@ -97,6 +97,15 @@ fn prepare(v: vec3<f32>, nw: vec2<f32>, own: bool, pos: u32) {
 
 var<private> local_id: u32;
 
+// This step's key (kc) and/or value (vc), rounded to f16 by prepare, into the cache rows'
+// words from `dst` on.
+fn append_own(dst: u32, key: bool, value: bool) {
+    for (var w = local_id; w < ap.head_dim / 2u; w += WG) {
+        if (key) { k_cache[dst + w] = pack2x16float(vec2<f32>(kc[2u * w], kc[2u * w + 1u])); }
+        if (value) { v_cache[dst + w] = pack2x16float(vec2<f32>(vc[2u * w], vc[2u * w + 1u])); }
+    }
+}
+
 // A thread's cache words of one tile, loaded before any is used, so a tile waits for
 // memory once: words share + i·TPK of its key and word vw of the values of tile keys
 // ks + i·slices, i < 16, each four only where the head or the tile has them for this
@@ -227,13 +236,7 @@ fn partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         var nw = vec2<f32>(1.0);
         if ((ap.flags & 4u) != 0u) { nw = vec2<f32>(norm_w[i], norm_w[hd + i]); }
         prepare(vec3<f32>(q[qb + i], q[kb + i], q[kb + ap.n_kv * hd + i]), nw, own, pos);
-        if (own && b.h0 % group == 0u) {
-            let dst = pos * b.kv_words + b.head_words;
-            for (var w = lid; w < hd / 2u; w += WG) {
-                k_cache[dst + w] = pack2x16float(vec2<f32>(kc[2u * w], kc[2u * w + 1u]));
-                v_cache[dst + w] = pack2x16float(vec2<f32>(vc[2u * w], vc[2u * w + 1u]));
-            }
-        }
+        if (own && b.h0 % group == 0u) { append_own(pos * b.kv_words + b.head_words, true, true); }
     } else {
         for (var i = lid; i < b.members * hd; i += WG) {
             let m = member(i / hd, b.h0, b.t0);

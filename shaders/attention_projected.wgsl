@@ -83,15 +83,7 @@ fn own_kv(j: u32, pos: u32) {
     prepare(select(vec3<f32>(0.0, raw, 0.0), vec3<f32>(0.0, 0.0, raw), is_v), nw, true, pos);
     // (prepare's last writes are each invocation's own; the cache takes them in pairs.)
     workgroupBarrier();
-    let hw = hd / 2u;
-    let dst = (pos * ap.n_kv + kvh) * hw;
-    for (var i = lid; i < hw; i += WG) {
-        if (is_v) {
-            v_cache[dst + i] = pack2x16float(vec2<f32>(vc[2u * i], vc[2u * i + 1u]));
-        } else {
-            k_cache[dst + i] = pack2x16float(vec2<f32>(kc[2u * i], kc[2u * i + 1u]));
-        }
-    }
+    append_own((pos * ap.n_kv + kvh) * (hd / 2u), !is_v, is_v);
     if (lid < hd) {
         let value = select(kc[lid], vc[lid], is_v);
         let group = ap.n_head / ap.n_kv;
