@@ -925,13 +925,15 @@ impl Transformer {
         // OWN), its output projection merges the key splits, nothing folds into the q/k/v
         // product (a bias, a post-norm), and every layer's q, k and v stack into one buffer.
         // Steps whose splits are too many to merge keep the q/k/v matvec.
+        // Groups of 4 columns each of a q row's 256 / head_dim lanes takes.
+        let projection_groups = cfg.head_dim * e / 1024;
         let projects = g.tuning().project_attention
             && fuse_rope
             && merges
             && !cfg.qkv_bias
             && !cfg.post_norms
             && cfg.head_dim.is_power_of_two()
-            && cfg.head_dim * e / 4 <= PROJECTION_GROUPS * 256
+            && projection_groups <= PROJECTION_GROUPS
             && e <= 2048
             && qd <= 1024
             && (0..cfg.n_layer).all(|l| match ["attn_q", "attn_k", "attn_v"].map(|r| gguf.tensor(&format!("blk.{l}.{r}.weight"))) {
@@ -1086,7 +1088,7 @@ impl Transformer {
                     b.when = When::Merged;
                     let bind = [&act.x, &k_cache, &v_cache, &act.part, &attn_params[swa][1], &step, &act.att, norms, freqs, &w.parts[0].buffer, params];
                     let blocks = (cfg.n_head + 2 * cfg.n_kv_head) as u32;
-                    let rounds = (cfg.head_dim * e / 1024).div_ceil(8) as u32;
+                    let rounds = projection_groups.div_ceil(8) as u32;
                     b.op(Kernel::AttentionProjected(w.ty, attention_keys_per_tile(1, cfg.head_dim as u32), rounds), &bind, Grid::Attention { blocks, tokens: 1 });
                 }
                 // The output projection: after the combine pass, or (decode, few splits)
